@@ -1,0 +1,99 @@
+"""gdb pretty-printers for Chardev, SocketChardev, QemuMutex and GSource.
+
+Registered through gdb.printing as "qemu-chardev-gdb", so `info pretty-printer` lists them
+and `disable pretty-printer global qemu-chardev-gdb` turns them off.  Each prints a one-line
+summary and then the structure's own fields as children, so `print *chr` loses nothing.
+"""
+import gdb
+import gdb.printing
+
+from . import render
+from .errors import QcgError
+from .snapshot import Snapshot
+
+PRINTER_NAME = "qemu-chardev-gdb"
+
+
+class _Printer:
+    def __init__(self, value):
+        self.value = value
+
+    def children(self):
+        vtype = self.value.type.strip_typedefs()
+        for field in vtype.fields():
+            if field.name:
+                yield field.name, self.value[field.name]
+
+    def summary(self, snap, address):
+        raise NotImplementedError
+
+    def to_string(self):
+        address = self.value.address
+        if address is None:
+            return None
+        try:
+            return self.summary(Snapshot(), int(address))
+        except (QcgError, gdb.error, gdb.MemoryError) as exc:
+            return f"<unreadable: {exc}>"
+
+
+class ChardevPrinter(_Printer):
+    def summary(self, snap, address):
+        from .chardev import read_chardev
+        ch = read_chardev(snap, address, in_tree=None)
+        text = f"Chardev {ch.label!r} ({ch.type})"
+        if ch.is_socket:
+            text += (f" state={ch.state} ioc={render.pointer(ch.ioc)}"
+                     f" sioc={render.pointer(ch.sioc)}")
+        return text + " chr_write_lock=" + render.lock_summary(ch.write_lock)
+
+
+class MutexPrinter(_Printer):
+    def summary(self, snap, address):
+        from .mutex import read_mutex
+        lock = read_mutex(snap, address)
+        text = "QemuMutex " + render.lock_summary(lock)
+        return text + (f" (locked at {lock.locker})" if lock.locker else "")
+
+
+class GSourcePrinter(_Printer):
+    def summary(self, snap, address):
+        from .gsource import read_gsource
+        src = read_gsource(snap, address)
+        flags = "|".join(src.flag_names) or "none"
+        text = f"GSource {src.verdict} ref_count={src.ref_count} flags={flags} id={src.source_id}"
+        if src.funcs_symbol:
+            text += f" funcs={src.funcs_symbol}"
+        return text
+
+
+_BY_NAME = {
+    "Chardev": ChardevPrinter, "SocketChardev": ChardevPrinter,
+    "QemuMutex": MutexPrinter,
+    "GSource": GSourcePrinter, "_GSource": GSourcePrinter,
+}
+
+
+class _Lookup(gdb.printing.PrettyPrinter):
+    """Matches by typedef name or struct tag (SocketChardev had no tag before QEMU 5.2)."""
+
+    def __init__(self):
+        super().__init__(PRINTER_NAME, [gdb.printing.SubPrettyPrinter(n) for n in _BY_NAME])
+
+    def __call__(self, value):
+        vtype = value.type
+        if vtype.code == gdb.TYPE_CODE_TYPEDEF and vtype.name in _BY_NAME:
+            name = vtype.name
+        else:
+            stripped = vtype.strip_typedefs()
+            if stripped.code != gdb.TYPE_CODE_STRUCT:
+                return None
+            name = stripped.tag or vtype.name
+        for sub in self.subprinters:
+            if sub.name == name and sub.enabled:
+                return _BY_NAME[name](value)
+        return None
+
+
+def register():
+    gdb.printing.register_pretty_printer(None, _Lookup(), replace=True)

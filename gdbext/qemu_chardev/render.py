@@ -1,0 +1,256 @@
+"""Rendering models as text tables, key/value blocks and JSON (no gdb imports).
+
+tabulate and pygments are optional at run time: without them the output is plain but
+complete, and ``MISSING_OPTIONAL`` says which is missing (the loader prints it once).
+"""
+import json
+
+try:
+    from tabulate import tabulate as _tabulate
+except ImportError:  # pragma: no cover - exercised by a test that hides the module
+    _tabulate = None
+try:
+    from pygments import highlight as _highlight
+    from pygments.formatters import TerminalFormatter as _TerminalFormatter
+    from pygments.lexers import CLexer as _CLexer, JsonLexer as _JsonLexer
+except ImportError:  # pragma: no cover
+    _highlight = None
+
+MISSING_OPTIONAL = [name for name, mod in (("tabulate", _tabulate), ("pygments", _highlight))
+                    if mod is None]
+
+_COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
+
+
+def paint(text, colour, enabled):
+    if not enabled or not colour:
+        return text
+    return f"\x1b[{_COLOURS[colour]}m{text}\x1b[0m"
+
+
+def table(headers, rows):
+    """A plain-text table (tabulate's "simple" format, or an aligned fallback)."""
+    rows = [["" if c is None else str(c) for c in row] for row in rows]
+    if _tabulate is not None:
+        return _tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, _visible_len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    for row in rows:
+        lines.append("  ".join(c + " " * (w - _visible_len(c)) for c, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def _visible_len(text):
+    out, skip = 0, False
+    for ch in text:
+        if ch == "\x1b":
+            skip = True
+        elif skip and ch == "m":
+            skip = False
+        elif not skip:
+            out += 1
+    return out
+
+
+def to_json_text(obj, colour=False):
+    text = json.dumps(obj, indent=2, sort_keys=False)
+    if colour and _highlight is not None:
+        return _highlight(text, _JsonLexer(), _TerminalFormatter()).rstrip("\n")
+    return text
+
+
+def highlight_c(line, colour):
+    """A C source line, highlighted on a terminal."""
+    if colour and _highlight is not None:
+        return _highlight(line, _CLexer(), _TerminalFormatter()).rstrip("\n")
+    return line
+
+
+def pointer(value, colour=False, null_is_bad=False):
+    if not value:
+        return paint("NULL", "red" if null_is_bad else "dim", colour)
+    return f"0x{value:x}"
+
+
+def lock_summary(lock, colour=False):
+    """'free', 'held by LWP 12 (thread 1) in tcp_chr_write', 'destroyed', '?'."""
+    if lock is None or lock.locked is None:
+        return paint("?", "red", colour)
+    if lock.destroyed:
+        return paint("destroyed", "red", colour)
+    if not lock.locked:
+        return paint("free", "green", colour)
+    if lock.owner is not None:
+        text = "held by " + lock.owner.describe()
+    elif lock.owner_lwp:
+        text = f"held by LWP {lock.owner_lwp}"
+    else:
+        text = "held (owner unknown)"
+    return paint(text, "yellow", colour)
+
+
+def chardev_list(chardevs, colour=False):
+    """The `qemu chardev list` table, with notes for chardevs found outside the QOM tree."""
+    if not chardevs:
+        return "No chardevs found."
+    rows = []
+    notes = []
+    for ch in chardevs:
+        label = ch.label if ch.label is not None else "?"
+        if not ch.in_tree:
+            label += " *"
+            notes.append(f"* {ch.label or hex(ch.address)}: not in /chardevs, found in "
+                         f"{ch.found_via}")
+        connected = ch.state == "connected"
+        if ch.is_socket:
+            sock = [paint(ch.state or "?", "green" if connected else "yellow", colour),
+                    pointer(ch.ioc, colour, null_is_bad=connected),
+                    pointer(ch.sioc, colour, null_is_bad=connected),
+                    pointer(ch.listener, colour)]
+        else:
+            sock = ["-", "-", "-", "-"]
+        rows.append([label, ch.type or "?", f"0x{ch.address:x}", *sock,
+                     ch.be_open, lock_summary(ch.write_lock, colour)])
+        for problem in ch.problems:
+            notes.append(f"! {ch.label or hex(ch.address)}: {problem}")
+    text = table(["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "LISTENER", "BE_OPEN",
+                  "CHR_WRITE_LOCK"], rows)
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def _kv(pairs):
+    width = max((len(k) for k, _ in pairs), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {'NULL' if v is None else v}" for k, v in pairs)
+
+
+def mutex_block(lock, colour=False, cycles=()):
+    pairs = [("address", f"0x{lock.address:x} ({lock.kind})"),
+             ("state", lock_summary(lock, colour))]
+    if lock.owner is not None and lock.owner.location:
+        pairs.append(("owner at", lock.owner.location))
+    if lock.locker:
+        pairs.append(("locked at", lock.locker + " (debug-mutex)"))
+    pairs += [("type", lock.mutex_type), ("lock word", lock.lock_word)]
+    if lock.mutex_type == "recursive":
+        pairs.append(("recursion", lock.count))
+    if lock.initialized is not None:
+        pairs.append(("initialized", lock.initialized))
+    waiters = ", ".join(w.describe() for w in lock.waiters) or "none"
+    pairs.append(("waiters", waiters))
+    lines = [_kv(pairs)]
+    for cycle in cycles:
+        lines.append(paint("  DEADLOCK: " + cycle_text(cycle), "red", colour))
+    for problem in lock.problems:
+        lines.append(paint(f"  ! {problem}", "red", colour))
+    return "\n".join(lines)
+
+
+def cycle_text(cycle):
+    """'LWP 5 waits for 0x.. held by LWP 6; LWP 6 waits for 0x.. held by LWP 5'."""
+    parts = []
+    for i, (lwp, mutex) in enumerate(cycle):
+        holder = cycle[(i + 1) % len(cycle)][0]
+        if holder == lwp:
+            parts.append(f"LWP {lwp} waits for 0x{mutex:x}, which it already holds")
+        else:
+            parts.append(f"LWP {lwp} waits for 0x{mutex:x} held by LWP {holder}")
+    return "; ".join(parts)
+
+
+_VERDICT_COLOURS = {"attached": "green", "dispatching": "green", "unattached": "yellow",
+                    "destroyed-but-referenced": "yellow", "looks-freed": "red",
+                    "unreadable": "red"}
+
+
+def verdict(text, colour=False):
+    return paint(text, _VERDICT_COLOURS.get(text), colour)
+
+
+def gsource_block(src, colour=False):
+    pairs = [("address", f"0x{src.address:x}" + (f" ({src.role})" if src.role else "")),
+             ("verdict", verdict(src.verdict, colour)),
+             ("ref_count", src.ref_count),
+             ("flags", f"0x{src.flags:x} " + ("|".join(src.flag_names) or "none")
+              if src.flags is not None else None),
+             ("context", pointer(src.context)), ("source id", src.source_id),
+             ("priority", src.priority), ("name", src.name),
+             ("funcs", _sym(src.funcs, src.funcs_symbol)),
+             ("callback", _sym(src.callback, src.callback_symbol)),
+             ("callback data", pointer(src.callback_data) if src.callback else None)]
+    lines = [_kv(pairs)]
+    lines += [paint(f"  ! {p}", "red", colour) for p in src.problems]
+    return "\n".join(lines)
+
+
+def _sym(address, symbol):
+    if not address:
+        return None
+    return f"0x{address:x} <{symbol}>" if symbol else f"0x{address:x}"
+
+
+def gsource_rows(sources, colour=False):
+    return table(["ROLE", "ADDRESS", "REF", "FLAGS", "CONTEXT", "ID", "PRIO", "FUNCS",
+                  "CALLBACK", "VERDICT"],
+                 [[s.role, f"0x{s.address:x}", s.ref_count, "|".join(s.flag_names) or "-",
+                   pointer(s.context), s.source_id, s.priority, s.funcs_symbol or pointer(s.funcs),
+                   s.callback_symbol or "-", verdict(s.verdict, colour)] for s in sources])
+
+
+def object_rows(objects):
+    return table(["ROLE", "ADDRESS", "TYPE", "REF", "FD"],
+                 [[o.role, f"0x{o.address:x}", o.type or "?", o.ref,
+                   o.fd if o.fd is not None else "-"] for o in objects])
+
+
+def qiotask_block(task, colour=False):
+    src = task.source
+    pairs = [("address", f"0x{task.address:x}"), ("found via", task.found_via),
+             ("source", f"0x{src.address:x} ({src.type})" if src else None),
+             ("func", _sym(task.func, task.func_symbol)), ("opaque", pointer(task.opaque)),
+             ("error", pointer(task.error)), ("result", pointer(task.result)),
+             ("thread data", pointer(task.thread_data))]
+    if task.thread_data:
+        pairs += [("worker", task.worker_symbol), ("context", pointer(task.context))]
+    if task.worker_thread:
+        pairs.append(("worker thread", task.worker_thread.describe()))
+    lines = [_kv(pairs)]
+    if task.completion is not None:
+        lines.append("  completion GSource:")
+        lines.append("  " + gsource_block(task.completion, colour).replace("\n", "\n  "))
+    lines += [paint(f"  ! {p}", "red", colour) for p in task.problems]
+    return "\n".join(lines)
+
+
+def chardev_block(ch, colour=False):
+    head = f"Chardev {ch.label!r} ({ch.type}) at 0x{ch.address:x}"
+    if not ch.in_tree:
+        head += f"  [not in /chardevs; found in {ch.found_via}]"
+    out = [paint(head, "bold", colour)]
+    pairs = [("be_open", ch.be_open), ("filename", ch.filename),
+             ("frontend", pointer(ch.frontend))]
+    out.append(_kv(pairs))
+    out.append("chr_write_lock:")
+    out.append(mutex_block(ch.write_lock, colour))
+    if ch.is_socket:
+        out.append("SocketChardev fields:")
+        out.append(_kv([(k, "n/a" if v == "n/a" else v) for k, v in ch.fields.items()]))
+    if ch.objects:
+        out.append("QIOChannel / listener objects:")
+        out.append(object_rows(ch.objects))
+    if ch.gsources:
+        out.append("GSources:")
+        out.append(gsource_rows(ch.gsources, colour))
+    if ch.connect_task is not None:
+        out.append("connect_task:")
+        out.append(qiotask_block(ch.connect_task, colour))
+    out += [paint(f"! {p}", "red", colour) for p in ch.problems]
+    return "\n".join(out)
+
+
+def problems_footer(problems):
+    if not problems:
+        return ""
+    return "\nIncomplete: " + "; ".join(problems)

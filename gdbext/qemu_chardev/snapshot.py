@@ -1,0 +1,243 @@
+"""One consistent look at the target for the duration of one command.
+
+A ``Snapshot`` owns the memory cache, the thread map and the (lazily unwound) thread
+stacks.  Threads are unwound only when a question needs them: who owns a lock needs that
+owner's stack; who waits on a lock, or which chardevs sit in thread frames, needs all stacks.
+The user's selected thread and frame are restored after every unwind.
+"""
+import contextlib
+import os
+
+import gdb
+
+from .models import ThreadRef
+from .target import Memory
+
+STACK_DEPTH_LIMIT = 48
+
+# Pointer types worth remembering when they appear as arguments or locals in a frame.
+INTERESTING_POINTEE = {
+    "Chardev", "SocketChardev", "QIOTask", "QemuMutex", "QemuRecMutex", "GSource",
+    "_GSource", "QIOChannel", "QIOChannelSocket", "MonitorQMP", "Monitor",
+}
+
+
+class FrameInfo:
+    """What one stack frame says, copied out of gdb (gdb.Frame objects do not survive switches)."""
+
+    __slots__ = ("level", "pc", "function", "file", "line", "is_qemu", "pointers")
+
+    def __init__(self, level, pc, function, file, line, is_qemu, pointers):
+        self.level = level
+        self.pc = pc
+        self.function = function
+        self.file = file
+        self.line = line
+        self.is_qemu = is_qemu
+        self.pointers = pointers      # list of (name, pointee type name, address)
+
+    @property
+    def location(self):
+        return f"{self.file}:{self.line}" if self.file else None
+
+    def pointer(self, *names):
+        for name, _type, value in self.pointers:
+            if name in names:
+                return value
+        return None
+
+    def to_json(self):
+        return {"level": self.level, "pc": f"0x{self.pc:x}", "function": self.function,
+                "file": self.file, "line": self.line,
+                "pointers": {name: (f"0x{v:x}" if v else None) for name, _t, v in self.pointers}}
+
+
+def short_path(filename):
+    """'chardev/char-socket.c' from '../chardev/char-socket.c' (meson builds in build/)."""
+    while filename.startswith("../"):
+        filename = filename[3:]
+    return filename
+
+
+@contextlib.contextmanager
+def preserved_selection():
+    """Restore the user's selected thread and frame, whatever the body switches to."""
+    thread = gdb.selected_thread()
+    try:
+        frame = gdb.selected_frame()
+    except gdb.error:
+        frame = None
+    try:
+        yield
+    finally:
+        if thread is not None and thread.is_valid():
+            thread.switch()
+            if frame is not None and frame.is_valid():
+                frame.select()
+
+
+def _pointee_name(gdb_type):
+    stripped = gdb_type.strip_typedefs()
+    if stripped.code != gdb.TYPE_CODE_PTR:
+        return None
+    target_type = stripped.target()
+    names = {str(target_type), target_type.strip_typedefs().tag or ""}
+    names.discard("")
+    for name in names:
+        name = name.replace("struct ", "")
+        if name in INTERESTING_POINTEE:
+            return name
+    return None
+
+
+def _frame_pointers(frame):
+    """Interesting pointer-typed arguments and locals of a QEMU frame."""
+    out = []
+    try:
+        block = frame.block()
+    except RuntimeError:
+        return out
+    seen = set()
+    while block is not None:
+        for sym in block:
+            if not (sym.is_argument or sym.is_variable) or sym.name in seen:
+                continue
+            pointee = _pointee_name(sym.type)
+            if pointee is None:
+                continue
+            seen.add(sym.name)
+            try:
+                value = int(frame.read_var(sym))
+            except (gdb.error, gdb.MemoryError, RuntimeError, ValueError):
+                continue
+            out.append((sym.name, pointee, value))
+        if block.function is not None:
+            break
+        block = block.superblock
+    return out
+
+
+class Snapshot:
+    """Per-command state: memory cache, threads, stacks, QOM type-name cache, problems."""
+
+    def __init__(self):
+        self.mem = Memory()
+        self.problems = []
+        self.type_names = {}           # class address -> [type name, parent, ...]
+        self._threads = None
+        self._stacks = {}
+        self._refs = {}
+        self._lock_waits = None
+
+    def note(self, problem):
+        """Record something that could not be read; the report is then incomplete."""
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def threads(self):
+        """{lwp: gdb.InferiorThread} of the selected inferior."""
+        if self._threads is None:
+            self._threads = {}
+            for thread in gdb.selected_inferior().threads():
+                lwp = thread.ptid[1] or thread.ptid[2]
+                self._threads[lwp] = thread
+        return self._threads
+
+    def stack(self, lwp, depth=STACK_DEPTH_LIMIT):
+        """[FrameInfo] of a thread, newest first (unwound once, then cached)."""
+        cached = self._stacks.get(lwp)
+        if cached is not None:
+            return cached
+        thread = self.threads().get(lwp)
+        frames = []
+        if thread is None or not thread.is_valid():
+            self._stacks[lwp] = frames
+            return frames
+        with preserved_selection():
+            thread.switch()
+            try:
+                frame = gdb.newest_frame()
+            except gdb.error:
+                frame = None
+            level = 0
+            while frame is not None and level < depth:
+                frames.append(self._frame_info(level, frame))
+                try:
+                    frame = frame.older()
+                except gdb.error:
+                    break
+                level += 1
+        self._stacks[lwp] = frames
+        return frames
+
+    @staticmethod
+    def _frame_info(level, frame):
+        try:
+            name = frame.name()
+        except gdb.error:
+            name = None
+        sal = frame.find_sal()
+        symtab = sal.symtab if sal is not None else None
+        is_qemu = symtab is not None and frame.function() is not None
+        pointers = _frame_pointers(frame) if is_qemu else []
+        return FrameInfo(level, frame.pc(), name,
+                         short_path(symtab.filename) if symtab else None,
+                         sal.line if symtab else None, is_qemu, pointers)
+
+    def thread_ref(self, lwp):
+        """ThreadRef for an LWP: gdb number, name, innermost QEMU frame (unwinds that thread)."""
+        if lwp in self._refs:
+            return self._refs[lwp]
+        thread = self.threads().get(lwp)
+        if thread is None:
+            ref = ThreadRef(lwp=lwp)
+        else:
+            qemu_frame = next((f for f in self.stack(lwp) if f.is_qemu), None)
+            ref = ThreadRef(lwp=lwp, num=thread.num, name=thread.name,
+                            function=qemu_frame.function if qemu_frame else None,
+                            location=qemu_frame.location if qemu_frame else None)
+        self._refs[lwp] = ref
+        return ref
+
+    def lock_waits(self):
+        """{lwp: address of the pthread mutex it is blocked on}, from every thread's stack.
+
+        A thread waits when frames without QEMU debug info (glibc's lock path) sit on top of
+        ``qemu_mutex_lock_impl`` / ``qemu_rec_mutex_lock_impl``; the mutex is that frame's
+        ``mutex`` argument (QemuMutex and QemuRecMutex start with their pthread mutex).
+        """
+        if self._lock_waits is None:
+            self._lock_waits = {}
+            for lwp in self.threads():
+                mutex = blocked_on(self.stack(lwp, depth=12))
+                if mutex:
+                    self._lock_waits[lwp] = mutex
+        return self._lock_waits
+
+
+LOCK_IMPL_FUNCTIONS = ("qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl")
+
+
+def blocked_on(frames):
+    """The mutex a stack is blocked on (see ``Snapshot.lock_waits``), or None."""
+    for index, frame in enumerate(frames):
+        if frame.is_qemu:
+            if frame.function in LOCK_IMPL_FUNCTIONS and index > 0:
+                return frame.pointer("mutex")
+            return None
+    return None
+
+
+def colour_wanted():
+    """Colour only on a terminal, never with NO_COLOR or ``set style enabled off``."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        if not gdb.parameter("style enabled"):
+            return False
+    except (gdb.error, RuntimeError):
+        return False
+    try:
+        return os.isatty(1)
+    except OSError:
+        return False
