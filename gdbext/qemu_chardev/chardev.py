@@ -1,6 +1,6 @@
 """Reading Chardev / SocketChardev and everything hanging off them."""
 from . import analysis, qom, target
-from .errors import TargetReadError
+from .errors import QcgError, TargetReadError
 from .gsource import read_gsource
 from .models import ChardevState, ObjectState
 from .mutex import read_mutex
@@ -185,16 +185,12 @@ def resolve_chardev(snap, spec):
     for label, address in qom.chardevs_in_tree(snap):
         if label == spec:
             return address, label
-    import gdb  # only this lookup needs expression evaluation
     try:
-        value = gdb.parse_and_eval(spec)
-    except gdb.error as exc:
-        raise TargetReadError(f"chardev {spec!r}: no such label, and not an expression ({exc})")
-    vtype = value.type.strip_typedefs()
-    if vtype.code == gdb.TYPE_CODE_STRUCT:
-        address = int(value.address)
-    else:
-        address = int(value)
+        address, _pointee = target.address_of_expression(spec)
+    except TargetReadError as exc:
+        raise TargetReadError(f"chardev {spec!r}: no such label, and not an expression "
+                              f"({exc})") from None
     if not qom.is_a(snap, address, "chardev"):
-        raise TargetReadError(f"{spec!r} is not a chardev", address)
+        raise QcgError(f"{spec!r} (0x{address:x}) is not a chardev: no QOM object of a chardev "
+                       "type there")
     return address, None

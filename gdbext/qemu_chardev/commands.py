@@ -5,26 +5,11 @@ from . import analysis, render
 from .chardev import find_chardevs, read_chardev, resolve_chardev
 from .command_base import QcgCommand, envelope
 from .errors import QcgError, TargetReadError
+from .target import address_of_expression
 from .gsource import read_gsource
 from .mutex import lock_graph, read_mutex
 from .qiotask import read_qiotask, tasks_in_threads
 from . import qom
-
-
-def _address_of(spec):
-    """Address a user expression designates: a pointer's value or a struct's address."""
-    try:
-        value = gdb.parse_and_eval(spec)
-    except gdb.error as exc:
-        raise QcgError(f"cannot evaluate {spec!r}: {exc}") from None
-    vtype = value.type.strip_typedefs()
-    if vtype.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
-        if value.address is None:
-            raise QcgError(f"{spec!r} is not an lvalue")
-        return int(value.address), value.type
-    if vtype.code == gdb.TYPE_CODE_PTR:
-        return int(value), vtype.target()
-    return int(value), None
 
 
 class QemuPrefix(QcgCommand):
@@ -123,10 +108,12 @@ including a thread waiting for a lock it already holds."""
         spec = " ".join(args.spec)
         address, kind = self._resolve(snap, spec)
         lock = read_mutex(snap, address, kind=kind, with_waiters=True)
+        if lock.locked is None:
+            raise TargetReadError(f"{kind} {spec!r}", address)
         waiting_on, owner_of = lock_graph(snap)
         cycles = [c for c in analysis.find_lock_cycles(waiting_on, owner_of)
                   if any(m == address for _l, m in c)]
-        text = f"{kind} {spec}\n" + render.mutex_block(lock, args.colour, cycles)
+        text = f"{kind} {spec}:\n" + render.mutex_block(lock, args.colour, cycles)
         obj = envelope(snap, mutex=lock.to_json(),
                        deadlocks=[[{"lwp": l, "mutex": f"0x{m:x}"} for l, m in c]
                                   for c in cycles])
@@ -135,7 +122,7 @@ including a thread waiting for a lock it already holds."""
     @staticmethod
     def _resolve(snap, spec):
         try:
-            address, pointee = _address_of(spec)
+            address, pointee = address_of_expression(spec)
         except QcgError:
             address, _label = resolve_chardev(snap, spec)   # a label
             pointee = gdb.lookup_type("Chardev")
@@ -146,7 +133,7 @@ including a thread waiting for a lock it already holds."""
         if names & {"Chardev", "SocketChardev"} or (not names - {""} and
                                                    qom.is_a(snap, address, "chardev")):
             if not qom.is_a(snap, address, "chardev"):
-                raise TargetReadError(f"{spec!r} is not a chardev", address)
+                raise QcgError(f"{spec!r} (0x{address:x}) is not a chardev")
             from .chardev import chardev_layout
             return address + chardev_layout().field("chr_write_lock").offset, "QemuMutex"
         if "QemuRecMutex" in names:
@@ -174,7 +161,7 @@ still held: a leak if nobody points at it), looks-freed (ref_count 0 or garbage 
 
     def run(self, args, snap):
         spec = " ".join(args.spec)
-        address, _pointee = _address_of(spec)
+        address, _pointee = address_of_expression(spec)
         src = read_gsource(snap, address)
         if src.verdict == "unreadable":
             raise TargetReadError(f"GSource {spec!r}", address)
@@ -194,7 +181,7 @@ Usage: qemu qiotask [--json] EXPR
         parser.add_argument("spec", metavar="EXPR", nargs="+")
 
     def run(self, args, snap):
-        address, _pointee = _address_of(" ".join(args.spec))
+        address, _pointee = address_of_expression(" ".join(args.spec))
         task = read_qiotask(snap, address, found_via="expression")
         return render.qiotask_block(task, args.colour), envelope(snap, task=task.to_json())
 

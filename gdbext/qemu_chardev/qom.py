@@ -102,9 +102,11 @@ def root_object():
 
 def chardevs_in_tree(snap):
     """[(label, Chardev address)] under /chardevs, in the tree's own (hash) order."""
+    layouts()
     root = root_object()
     if not root:
-        snap.note("QOM root object not created yet (object_get_root::root is NULL)")
+        snap.note("QOM root object is NULL: QEMU has not initialised QOM yet, or the binary "
+                  "does not match the core")
         return []
     container = None
     for name, _ptype, opaque in children(snap, root, "QOM root"):

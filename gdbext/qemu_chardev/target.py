@@ -372,6 +372,18 @@ def static_value_address(spec):
         return None
 
 
-def fmt_pointer(value):
-    """Pointers in JSON and tables: "0x..." strings, NULL as None."""
-    return None if not value else f"0x{value:x}"
+def address_of_expression(spec):
+    """Address a user expression designates: a pointer's value or a struct's address."""
+    try:
+        value = gdb.parse_and_eval(spec)
+        vtype = value.type.strip_typedefs()
+        if vtype.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+            if value.address is None:
+                raise TargetReadError(f"{spec!r} (not an lvalue)")
+            return int(value.address), value.type
+        if vtype.code == gdb.TYPE_CODE_PTR:
+            return int(value), vtype.target()
+        return int(value), None
+    except (gdb.error, gdb.MemoryError) as exc:
+        raise TargetReadError(f"{spec!r}: {exc}") from None
+
