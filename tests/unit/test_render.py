@@ -1,0 +1,73 @@
+"""Rendering of models: tables, lock summaries, colour rules, JSON field names."""
+import json
+
+from qemu_chardev import render
+from qemu_chardev.models import ChardevState, GSourceState, MutexState, ThreadRef
+
+
+def _socket(label="mon0", ioc=0x1000, state="connected", locked=False):
+    lock = MutexState(address=0x2000, kind="QemuMutex", locked=locked)
+    if locked:
+        lock.owner_lwp = 77
+        lock.owner = ThreadRef(lwp=77, num=1, function="tcp_chr_write",
+                               location="chardev/char-socket.c:135")
+    return ChardevState(address=0x3000, label=label, type="chardev-socket", is_socket=True,
+                        state=state, ioc=ioc, sioc=ioc, be_open=1, write_lock=lock)
+
+
+def test_list_shows_owner_and_null_ioc():
+    text = render.chardev_list([_socket(ioc=0, locked=True)])
+    row = [line for line in text.splitlines() if line.startswith("mon0")][0]
+    assert "NULL" in row
+    assert "held by LWP 77 (thread 1) in tcp_chr_write" in row
+
+
+def test_list_marks_chardevs_outside_the_tree():
+    ch = _socket()
+    ch.in_tree, ch.found_via = False, "frame of tcp_chr_write (LWP 77)"
+    text = render.chardev_list([ch])
+    assert "mon0 *" in text and "not in /chardevs" in text
+
+
+def test_no_colour_codes_unless_asked():
+    ch = _socket(ioc=0)
+    assert "\x1b[" not in render.chardev_list([ch], colour=False)
+    assert "\x1b[31m" in render.chardev_list([ch], colour=True)
+
+
+def test_json_uses_report_field_names():
+    obj = _socket(locked=True).to_json()
+    assert obj["ioc"] == "0x1000" and obj["label"] == "mon0" and obj["state"] == "connected"
+    assert obj["write_lock"]["locked"] is True
+    assert obj["write_lock"]["owner_lwp"] == 77
+    assert obj["write_lock"]["owner_thread"] == 1
+    assert obj["write_lock"]["owner_function"] == "tcp_chr_write"
+    json.dumps(obj)
+
+
+def test_null_pointers_are_json_null():
+    assert _socket(ioc=0).to_json()["ioc"] is None
+
+
+def test_non_socket_has_no_socket_pointers():
+    ch = ChardevState(address=0x10, label="ring0", type="chardev-ringbuf")
+    assert ch.to_json()["ioc"] is None and ch.to_json()["state"] is None
+
+
+def test_gsource_block_lists_flags_and_verdict():
+    src = GSourceState(address=0x50, ref_count=1, flags=0, flag_names=[], context=0x60,
+                       source_id=9, priority=200, name="GIdleSource",
+                       verdict="destroyed-but-referenced")
+    text = render.gsource_block(src)
+    assert "destroyed-but-referenced" in text and "GIdleSource" in text and "0x0 none" in text
+
+
+def test_cycle_text_self_deadlock():
+    assert "which it already holds" in render.cycle_text([(5, 0xA)])
+
+
+def test_plain_table_fallback_aligns(monkeypatch):
+    monkeypatch.setattr(render, "_tabulate", None)
+    text = render.table(["A", "BB"], [["x", render.paint("yy", "red", True)]])
+    lines = text.splitlines()
+    assert lines[0].startswith("A  BB") and lines[2].startswith("x  ")
