@@ -102,8 +102,24 @@ def read_chardev(snap, address, label=None, found_via="qom", in_tree=True, deep=
     if deep:
         gsource = view.get(prefix + "gsource")
         if gsource:
-            state.gsources.insert(0, read_gsource(snap, gsource, role="gsource"))
+            state.gsources[0:0] = _watch_poll_sources(snap, gsource)
     return state
+
+
+def _watch_poll_sources(snap, address):
+    """chr->gsource and, when it is an IOWatchPoll, the channel watch it drives (iwp->src)."""
+    outer = read_gsource(snap, address, role="gsource")
+    found = [outer]
+    layout = Layout.of("IOWatchPoll", "struct IOWatchPoll")
+    if outer.funcs_symbol == "io_watch_poll_funcs" and layout is not None and layout.has("src"):
+        try:
+            inner = snap.mem.view(layout, address, "IOWatchPoll")["src"]
+        except TargetReadError as exc:
+            outer.problems.append(f"IOWatchPoll: {exc}")
+            inner = 0
+        if inner:
+            found.append(read_gsource(snap, inner, role="gsource.src"))
+    return found
 
 
 def _read_socket_part(snap, state, layout, view, deep):
