@@ -1,0 +1,83 @@
+"""pytest set-up shared by all tests: markers, `import support`, builds and temp dirs."""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import support  # noqa: E402  (needs the sys.path entry above)
+
+REAL_DIR = TESTS_DIR / "real"
+
+
+def pytest_configure(config):
+    """Register our markers."""
+    config.addinivalue_line(
+        "markers", "real: needs real QEMU builds (fixtures/qemu/build-qemu); "
+                   "versions from env QCG_QEMU_VERSIONS (default '7.2 10.2')")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/real/ is marked `real`, so `-m 'not real'` skips it."""
+    for item in items:
+        if REAL_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.real)
+
+
+def _require_build(version: str, variant: str) -> support.QemuBuild:
+    """The build, or a test failure (never a skip) carrying build-qemu's error tail."""
+    try:
+        return support.QemuBuild.get(version, variant)
+    except support.BuildError as exc:
+        error = exc
+    pytest.fail(f"QEMU {version} ({variant}) build failed:\n{error}", pytrace=False)
+
+
+@pytest.fixture(scope="session", params=support.versions_under_test(),
+                ids=lambda v: f"qemu{v}")
+def qemu(request) -> support.QemuBuild:
+    """Each QEMU version under test, "fixed" variant (Debian's source as is)."""
+    return _require_build(request.param, "fixed")
+
+
+@pytest.fixture(scope="session", params=support.versions_under_test(),
+                ids=lambda v: f"qemu{v}-reverted")
+def qemu_reverted(request) -> support.QemuBuild:
+    """Each QEMU version under test with the two August 2019 fixes reverted."""
+    return _require_build(request.param, "reverted")
+
+
+def _short_tempdir(prefix: str) -> Path:
+    """A fresh directory under /tmp with a short path (unix socket paths must fit 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def _remove_unless_kept(path: Path) -> None:
+    """Delete PATH (cores are hundreds of MB) unless env QCG_KEEP_TMP is set."""
+    if os.environ.get("QCG_KEEP_TMP"):
+        print(f"kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir():
+    """A per-test temporary directory for sockets, logs and cores, deleted afterwards."""
+    path = _short_tempdir("qcg-")
+    yield path
+    _remove_unless_kept(path)
+
+
+@pytest.fixture(scope="session")
+def session_workdir():
+    """A temporary directory shared by the whole session (e.g. for cores reused by many tests)."""
+    path = _short_tempdir("qcg-s-")
+    yield path
+    _remove_unless_kept(path)
