@@ -57,7 +57,11 @@ class QcgCommand(gdb.Command):
     needs_target = True
 
     def __init__(self):
-        super().__init__(self.command, gdb.COMMAND_DATA, self.completer, self.prefix)
+        if "complete" in type(self).__dict__:
+            # gdb ignores a complete() method when a completer class is given.
+            super().__init__(self.command, gdb.COMMAND_DATA, prefix=self.prefix)
+        else:
+            super().__init__(self.command, gdb.COMMAND_DATA, self.completer, self.prefix)
 
     def build_parser(self, parser):
         """Add this command's arguments to ``parser``."""

@@ -183,6 +183,8 @@ Usage: qemu qiotask [--json] EXPR
     def run(self, args, snap):
         address, _pointee = address_of_expression(" ".join(args.spec))
         task = read_qiotask(snap, address, found_via="expression")
+        if task.func is None and task.problems:
+            raise TargetReadError(f"QIOTask {' '.join(args.spec)!r}: {task.problems[0]}")
         return render.qiotask_block(task, args.colour), envelope(snap, task=task.to_json())
 
 

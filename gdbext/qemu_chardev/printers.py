@@ -67,6 +67,28 @@ class GSourcePrinter(_Printer):
         return text
 
 
+class HashTablePointerPrinter:
+    """``GHashTable *`` read without GLib debug info.
+
+    GLib's own auto-loaded printer needs GLib's debug info and fails with "There is no member
+    named keys" in the middle of `print *chr`; this one takes precedence over it.
+    """
+
+    def __init__(self, value):
+        self.value = value
+
+    def to_string(self):
+        from . import glib
+        address = int(self.value)
+        if not address:
+            return "0x0"
+        try:
+            table = glib.HashTable(Snapshot().mem, address)
+        except (QcgError, gdb.error, gdb.MemoryError):
+            return f"0x{address:x} (GHashTable, unreadable)"
+        return f"0x{address:x} (GHashTable, {table.nnodes} entries)"
+
+
 _BY_NAME = {
     "Chardev": ChardevPrinter, "SocketChardev": ChardevPrinter,
     "QemuMutex": MutexPrinter,
@@ -78,10 +100,19 @@ class _Lookup(gdb.printing.PrettyPrinter):
     """Matches by typedef name or struct tag (SocketChardev had no tag before QEMU 5.2)."""
 
     def __init__(self):
-        super().__init__(PRINTER_NAME, [gdb.printing.SubPrettyPrinter(n) for n in _BY_NAME])
+        super().__init__(PRINTER_NAME, [gdb.printing.SubPrettyPrinter(n)
+                                        for n in [*_BY_NAME, "GHashTable"]])
 
     def __call__(self, value):
         vtype = value.type
+        stripped = vtype.strip_typedefs()
+        if stripped.code == gdb.TYPE_CODE_PTR:
+            target_type = stripped.target()
+            if (target_type.name == "GHashTable"
+                    or target_type.strip_typedefs().tag == "_GHashTable") \
+                    and self._enabled("GHashTable"):
+                return HashTablePointerPrinter(value)
+            return None
         if vtype.code == gdb.TYPE_CODE_TYPEDEF and vtype.name in _BY_NAME:
             name = vtype.name
         else:
@@ -89,11 +120,30 @@ class _Lookup(gdb.printing.PrettyPrinter):
             if stripped.code != gdb.TYPE_CODE_STRUCT:
                 return None
             name = stripped.tag or vtype.name
-        for sub in self.subprinters:
-            if sub.name == name and sub.enabled:
-                return _BY_NAME[name](value)
+        if name in _BY_NAME and self._enabled(name):
+            return _BY_NAME[name](value)
         return None
+
+    def _enabled(self, name):
+        return self.enabled and any(sub.name == name and sub.enabled for sub in self.subprinters)
+
+
+def _precede_glib_printers(objfile):
+    """Put our lookup first in libglib's own printer list, where GLib's printer sits."""
+    if objfile is None or "libglib-2.0" not in (objfile.filename or ""):
+        return
+    objfile.pretty_printers[:] = [p for p in objfile.pretty_printers
+                                  if getattr(p, "name", None) != PRINTER_NAME]
+    objfile.pretty_printers.insert(0, _LOOKUP)
+
+
+_LOOKUP = None
 
 
 def register():
-    gdb.printing.register_pretty_printer(None, _Lookup(), replace=True)
+    global _LOOKUP
+    _LOOKUP = _Lookup()
+    gdb.printing.register_pretty_printer(None, _LOOKUP, replace=True)
+    for objfile in gdb.objfiles():
+        _precede_glib_printers(objfile)
+    gdb.events.new_objfile.connect(lambda event: _precede_glib_printers(event.new_objfile))
