@@ -123,8 +123,11 @@ including a thread waiting for a lock it already holds."""
     def _resolve(snap, spec):
         try:
             address, pointee = address_of_expression(spec)
-        except QcgError:
-            address, _label = resolve_chardev(snap, spec)   # a label
+        except QcgError as not_expression:
+            try:
+                address, _label = resolve_chardev(snap, spec)   # a chardev label
+            except QcgError:
+                raise not_expression from None
             pointee = gdb.lookup_type("Chardev")
         names = set()
         if pointee is not None:
@@ -227,8 +230,9 @@ def register():
         have_prefix = True
     except gdb.error:
         have_prefix = False
+    from .commands_diagnose import DiagnoseCommand
     classes = [ChardevPrefix, ChardevList, ChardevShow, MutexCommand, GSourcePrefix,
-               QIOTaskPrefix, QIOTaskList]
+               QIOTaskPrefix, QIOTaskList, DiagnoseCommand]
     if not have_prefix:
         classes.insert(0, QemuPrefix)
     return [cls() for cls in classes]

@@ -148,13 +148,16 @@ class ThreadFacts:
     frames: list = field(default_factory=list)
     waiting_on: Optional[int] = None
 
-    def innermost_qemu_frame(self):
-        return next((f for f in self.frames if getattr(f, "is_qemu", True) and f.file), None)
+    def innermost_qemu_frame(self, skip_locking=False):
+        """The newest frame with QEMU debug info (with ``skip_locking``: the first one above
+        the lock functions, i.e. the code that wants the lock)."""
+        return next((f for f in self.frames if getattr(f, "is_qemu", True) and f.file
+                     and not (skip_locking and f.function in LOCK_FUNCTIONS)), None)
 
-    def describe(self):
+    def describe(self, skip_locking=False):
         who = f"thread {self.num} (LWP {self.lwp})" if self.num is not None \
             else f"LWP {self.lwp}"
-        frame = self.innermost_qemu_frame()
+        frame = self.innermost_qemu_frame(skip_locking)
         if frame is not None and frame.function:
             who += f" in {frame.function}"
             if frame.location:
@@ -218,6 +221,15 @@ class Finding:
         return {"id": self.id, "severity": self.severity, "chardev": self.chardev,
                 "lwp": self.lwp, "thread": self.thread, "summary": self.summary,
                 "detail": self.detail, "fix": self.fix, "evidence": self.evidence}
+
+
+def finding_from(item):
+    """A Finding from a Finding or from a dict with the same keys (other modules' findings)."""
+    if isinstance(item, Finding):
+        return item
+    return Finding(item["id"], item["severity"], item.get("summary") or "",
+                   item.get("detail") or "", item.get("fix"), item.get("chardev"),
+                   item.get("lwp"), item.get("thread"), dict(item.get("evidence") or {}))
 
 
 @dataclass

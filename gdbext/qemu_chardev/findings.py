@@ -219,7 +219,9 @@ def deadlock(facts):
         steps = []
         for i, (lwp, mutex) in enumerate(cycle):
             holder = cycle[(i + 1) % len(cycle)][0]
-            steps.append(f"{_who(facts, lwp)} waits for {_mutex_name(facts, mutex)}, "
+            waiter = facts.thread(lwp)
+            steps.append(f"{waiter.describe(skip_locking=True) if waiter else _who(facts, lwp)} "
+                         f"waits for {_mutex_name(facts, mutex)}, "
                          f"held by {_short_who(facts, holder)}")
         summary = ("deadlock: " + ", ".join(_short_who(facts, l) for l, _m in cycle)
                    + " wait on each other's mutexes")
@@ -238,7 +240,8 @@ def _self_deadlock(facts, thread, mutex, chardev):
     lwp = thread if isinstance(thread, int) else thread.lwp
     num = None if isinstance(thread, int) else thread.num
     name = _mutex_name(facts, mutex)
-    who = _who(facts, lwp)
+    who = thread.describe(skip_locking=True) if not isinstance(thread, int) \
+        else _who(facts, lwp)
     detail = [f"{who} waits in qemu_mutex_lock_impl() for {name}, which it already holds "
               "(the mutex's __owner is its own LWP)."]
     fix = "Do not take a non-recursive QemuMutex again while holding it."
@@ -330,7 +333,8 @@ def write_lock_held(facts):
             detail.append(where_taken.strip())
         if waiters:
             summary += f"; {len(waiters)} thread(s) waiting"
-            detail.append("Waiting for it: " + "; ".join(t.describe() for t in waiters) + ".")
+            detail.append("Waiting for it: "
+                          + "; ".join(t.describe(skip_locking=True) for t in waiters) + ".")
         out.append(Finding(
             "write-lock-held", severity, summary, " ".join(detail), fix, chardev=label,
             lwp=lock.owner_lwp, thread=owner.num if owner else None,

@@ -135,14 +135,18 @@ class CoreReader:
     def __init__(self, path):
         self.path = path
         self.regions, self.missing = core_regions(path)
-        self._file = open(path, "rb")
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise ScanError(f"cannot open core file {path}: {exc.strerror}") from None
         self._by_start = [r.start for r in self.regions]
 
     def close(self):
         self._file.close()
 
     def windows(self, region, window=WINDOW):
-        """(address, buffer) pieces of a region's file contents, each at most ``window``."""
+        """(address, buffer, first, length): ``buffer[first:first + length]`` holds the bytes
+        at ``address``; pieces of at most ``window`` bytes cover the region's file contents."""
         done = 0
         page = mmap.ALLOCATIONGRANULARITY
         while done < region.size:
@@ -158,12 +162,9 @@ class CoreReader:
             try:
                 if hasattr(mapped, "madvise"):
                     mapped.madvise(mmap.MADV_SEQUENTIAL)
-                yield region.start + done, memoryview(mapped)[lead:lead + length]
+                yield region.start + done, mapped, lead, length
             finally:
-                try:
-                    mapped.close()
-                except BufferError:  # a caller kept a view; the GC closes it later
-                    pass
+                mapped.close()
             done += length
 
     def read(self, address, size):
@@ -172,7 +173,7 @@ class CoreReader:
         if i < 0:
             return None
         r = self.regions[i]
-        if address + size > r.start + r.size:
+        if address < r.start or address + size > r.start + r.size:
             return None
         self._file.seek(r.offset + address - r.start)
         data = self._file.read(size)
@@ -198,21 +199,25 @@ class ProcReader:
         os.close(self._fd)
 
     def windows(self, region, window=WINDOW):
+        """Like ``CoreReader.windows``; one reused buffer, so at most ``window`` bytes held."""
         if self._buf is None or len(self._buf) < window:
             self._buf = bytearray(window)
         view = memoryview(self._buf)
         done = 0
-        while done < region.length:
-            length = min(window, region.length - done)
-            try:
-                got = os.preadv(self._fd, [view[:length]], region.start + done)
-            except OSError:
-                got = 0
-            if got <= 0:
-                self.missing += region.length - done
-                return
-            yield region.start + done, view[:got]
-            done += got
+        try:
+            while done < region.length:
+                length = min(window, region.length - done)
+                try:
+                    got = os.preadv(self._fd, [view[:length]], region.start + done)
+                except OSError:
+                    got = 0
+                if got <= 0:
+                    self.missing += region.length - done
+                    return
+                yield region.start + done, self._buf, 0, got
+                done += got
+        finally:
+            view.release()
 
     def read(self, address, size):
         try:
@@ -244,7 +249,7 @@ def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True)
 
     ``anchors`` maps pointer values to anything.  Returns (hits, bytes_scanned); each hit
     carries ``span`` bytes starting ``before`` bytes ahead of the word when the window holds
-    them (the caller reads the rest itself).
+    them, else b"" (the caller reads those itself).
     """
     groups = group_anchors(anchors)
     hits = []
@@ -252,67 +257,25 @@ def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True)
     for region in reader.regions:
         if writable_only and not region.writable:
             continue
-        for base, buf in reader.windows(region, window):
-            scanned += len(buf)
-            _scan_window(base, buf, groups, before, span, hits)
-            del buf
+        for address, buf, first, length in reader.windows(region, window):
+            scanned += length
+            scan_buffer(address, buf, first, length, groups, before, span, hits)
     return hits, scanned
 
 
-def _scan_window(base, buf, groups, before, span, hits):
-    end = len(buf)
-    find = buf.obj.find if isinstance(buf, memoryview) and hasattr(buf.obj, "find") else None
-    if find is None or buf.nbytes != len(buf.obj):
-        # A sliced view: search a bytes-like object that supports find().
-        data = buf if hasattr(buf, "find") else _searchable(buf)
-        find = data.find
-        offset0 = 0
-    else:
-        offset0 = 0
+def scan_buffer(address, buf, first, length, groups, before, span, hits):
+    """Append to ``hits`` the anchor words in ``buf[first:first + length]`` (at ``address``)."""
+    end = first + length
+    find = buf.find
     for needle, members in groups.items():
-        i = find(needle, offset0, end)
+        i = find(needle, first, end)
         while i >= 0:
             word = i - 2
-            if word >= 0 and not word & 7 and word + 8 <= end:
+            if word >= first and not (word - first) & 7 and word + 8 <= end:
                 value = int.from_bytes(buf[word:word + 8], "little")
                 if value in members:
                     start = word - before
-                    data = bytes(buf[start:start + span]) if start >= 0 and \
-                        start + span <= end else b""
-                    hits.append(Hit(base + word, value, data))
+                    data = bytes(buf[start:start + span]) \
+                        if start >= first and start + span <= end else b""
+                    hits.append(Hit(address + word - first, value, data))
             i = find(needle, i + 1, end)
-
-
-def _searchable(view):
-    """A bytes-like object with ``find`` over the same memory as ``view`` (no copy if possible)."""
-    obj = view.obj
-    if isinstance(obj, mmap.mmap):
-        # mmap.find works on the whole map: the caller's slice starts at a known offset.
-        return _OffsetFinder(obj, _view_offset(view))
-    return bytes(view)
-
-
-def _view_offset(view):
-    import ctypes
-    base = ctypes.addressof(ctypes.c_char.from_buffer(view.obj))
-    here = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    return here - base
-
-
-class _OffsetFinder:
-    """``find`` over a window of an mmap, with positions relative to the window."""
-
-    def __init__(self, mapped, offset):
-        self.mapped = mapped
-        self.offset = offset
-
-    def find(self, needle, start, end):
-        i = self.mapped.find(needle, self.offset + start, self.offset + end)
-        return i - self.offset if i >= 0 else -1
-
-
-def read_raw(path_or_pid, regions_only=False):
-    """A reader for a core file path (str) or a live pid (int)."""
-    if isinstance(path_or_pid, int):
-        return ProcReader(path_or_pid)
-    return CoreReader(path_or_pid)

@@ -117,6 +117,14 @@ def _frame_pointers(frame):
     return out
 
 
+def _in_main_executable(symtab):
+    """True for code of the program itself (QEMU), false for glibc/GLib even with debug info."""
+    objfile = symtab.objfile
+    objfile = getattr(objfile, "owner", None) or objfile
+    main = gdb.current_progspace().filename
+    return main is not None and objfile.filename == main
+
+
 class Snapshot:
     """Per-command state: memory cache, threads, stacks, QOM type-name cache, problems."""
 
@@ -178,7 +186,8 @@ class Snapshot:
             name = None
         sal = frame.find_sal()
         symtab = sal.symtab if sal is not None else None
-        is_qemu = symtab is not None and frame.function() is not None
+        is_qemu = symtab is not None and frame.function() is not None \
+            and _in_main_executable(symtab)
         pointers = _frame_pointers(frame) if is_qemu else []
         return FrameInfo(level, frame.pc(), name,
                          short_path(symtab.filename) if symtab else None,
@@ -192,7 +201,7 @@ class Snapshot:
         if thread is None:
             ref = ThreadRef(lwp=lwp)
         else:
-            qemu_frame = next((f for f in self.stack(lwp) if f.is_qemu), None)
+            qemu_frame = innermost_qemu_frame(self.stack(lwp))
             ref = ThreadRef(lwp=lwp, num=thread.num, name=thread.name,
                             function=qemu_frame.function if qemu_frame else None,
                             location=qemu_frame.location if qemu_frame else None)
@@ -216,6 +225,17 @@ class Snapshot:
 
 
 LOCK_IMPL_FUNCTIONS = ("qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl")
+# QEMU's thread primitives: a thread "in" them is really in their caller.
+THREAD_PLUMBING_FILE = "util/qemu-thread-posix.c"
+
+
+def innermost_qemu_frame(frames):
+    """The newest QEMU frame outside QEMU's mutex/cond/event implementation (or None)."""
+    qemu_frames = [f for f in frames if f.is_qemu]
+    for frame in qemu_frames:
+        if frame.file != THREAD_PLUMBING_FILE:
+            return frame
+    return qemu_frames[0] if qemu_frames else None
 
 
 def blocked_on(frames):
