@@ -121,3 +121,19 @@ def test_waiter_without_deadlock(deadlock_binary, blocked, mode):
     assert [w["lwp"] for w in a["mutex"]["waiters"]] == waiters
     assert a["mutex"]["waiters"][0]["function"] == "wait_for_a"
     assert a["deadlocks"] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_recursive_mutex_held_twice(deadlock_binary, blocked, mode):
+    where, main, futex_waits = blocked("rec")
+    (rec,) = _mutex(deadlock_binary, where[mode], "&rec_mutex")
+    lock = rec["mutex"]
+    raw_count, raw_owner = support.raw_gdb_values(deadlock_binary, exprs=[
+        "rec_mutex.m.lock.__data.__count", "rec_mutex.m.lock.__data.__owner"], **where[mode])
+    assert lock["kind"] == "QemuRecMutex" and lock["type"] == "recursive"
+    assert lock["count"] == int(raw_count) == 2
+    assert lock["owner_lwp"] == int(raw_owner) == main
+    waiters = _waiting_on(futex_waits, lock)
+    assert len(waiters) == 1 and [w["lwp"] for w in lock["waiters"]] == waiters
+    assert lock["waiters"][0]["function"] == "wait_for_rec"
+    assert rec["deadlocks"] == []
