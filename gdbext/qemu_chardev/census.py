@@ -111,7 +111,7 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
         if reader.missing:
             snap.note(f"{reader.missing} bytes of writable memory could not be read "
                       f"(truncated core or unreadable mappings): the census may be short")
-        mapped = memscan.RegionMap(reader.regions)
+        mapped = memscan.RegionMap(reader.regions, reader.extra_mapped)
         is_mapped = mapped.__contains__
         _decode_hits(census, reader, hits, offsets, is_mapped, table)
         enricher = _Enricher(snap, reader, table)

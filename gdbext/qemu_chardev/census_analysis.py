@@ -146,9 +146,17 @@ def rejection(rec, is_mapped):
         return "unknown flag bits"
     if not -MAX_PRIORITY < rec.priority < MAX_PRIORITY:
         return "priority out of range"
-    if not rec.priv or rec.priv & 7 or not is_mapped(rec.priv):
+    # Finalizing frees priv and NULLs it; then free() reuses the first 16 bytes
+    # (callback_data, callback_funcs) for its own (mangled) list pointers.
+    freed = rec.ref_count == 0
+    if freed:
+        if rec.priv and (rec.priv & 7 or not is_mapped(rec.priv)):
+            return "priv is not a mapped pointer"
+    elif not rec.priv or rec.priv & 7 or not is_mapped(rec.priv):
         return "priv is not a mapped pointer"
-    for name in ("context", "prev", "next", "poll_fds", "callback_data", "callback_funcs"):
+    pointers = ("context", "prev", "next", "poll_fds") if freed else \
+        ("context", "prev", "next", "poll_fds", "callback_data", "callback_funcs")
+    for name in pointers:
         value = getattr(rec, name)
         if value and (value & 7 or not is_mapped(value)):
             return f"{name} is not a mapped pointer"

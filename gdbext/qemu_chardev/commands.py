@@ -231,8 +231,9 @@ def register():
     except gdb.error:
         have_prefix = False
     from .commands_diagnose import DiagnoseCommand
+    from .commands_gsource import COMMANDS as gsource_commands
     classes = [ChardevPrefix, ChardevList, ChardevShow, MutexCommand, GSourcePrefix,
-               QIOTaskPrefix, QIOTaskList, DiagnoseCommand]
+               *gsource_commands, QIOTaskPrefix, QIOTaskList, DiagnoseCommand]
     if not have_prefix:
         classes.insert(0, QemuPrefix)
     return [cls() for cls in classes]

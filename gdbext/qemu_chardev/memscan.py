@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 WINDOW = 64 << 20           # bytes searched at a time (bounded memory)
 PT_LOAD = 1
+PT_NOTE = 4
+NT_FILE = 0x46494C45
+NOTE_LIMIT = 64 << 20
 PF_W = 2
 PF_R = 4
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -71,10 +74,12 @@ def core_regions(path):
         raise ScanError(f"cannot read core file {path}: {exc.strerror}") from None
     if len(table) < phentsize * phnum:
         raise ScanError(f"{path}: truncated program header table")
-    regions, missing = [], 0
+    regions, missing, notes = [], 0, []
     for i in range(phnum):
         p_type, p_flags, off, vaddr, _pa, filesz, memsz, _al = _PHDR.unpack_from(table,
                                                                                 i * phentsize)
+        if p_type == PT_NOTE and filesz:
+            notes.append((off, min(filesz, NOTE_LIMIT)))
         if p_type != PT_LOAD or memsz == 0:
             continue
         have = max(0, min(filesz, file_size - off))
@@ -83,7 +88,41 @@ def core_regions(path):
         regions.append(Region(vaddr, vaddr + memsz, off, have, bool(p_flags & PF_W),
                               bool(p_flags & PF_R)))
     regions.sort(key=lambda r: r.start)
-    return regions, missing
+    return regions, missing, notes
+
+
+def file_mappings(path, notes):
+    """[(start, end)] of the file-backed mappings an NT_FILE note lists (may be empty).
+
+    Segments of a core hold only what was dumped; read-only file contents (a library's
+    .rodata, where static GSource names live) are often left out but are still mapped.
+    """
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for off, size in notes:
+                f.seek(off)
+                out += _nt_file(f.read(size))
+    except OSError:
+        return out
+    return out
+
+
+def _nt_file(data):
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+        pos += 12
+        name_end = pos + ((namesz + 3) & ~3)
+        desc = data[name_end:name_end + descsz]
+        pos = name_end + ((descsz + 3) & ~3)
+        if ntype != NT_FILE or len(desc) < 16:
+            continue
+        count = struct.unpack_from("<Q", desc, 0)[0]
+        if count > len(desc) // 24:
+            return []
+        return [struct.unpack_from("<QQ", desc, 16 + 24 * i) for i in range(count)]
+    return []
 
 
 def proc_regions(pid):
@@ -112,13 +151,14 @@ def proc_regions(pid):
 class RegionMap:
     """Which addresses are mapped at all (for validating pointers): bisect over regions."""
 
-    def __init__(self, regions):
+    def __init__(self, regions, extra=()):
+        spans = sorted([(r.start, r.end) for r in regions] + list(extra))
         merged = []
-        for r in sorted(regions, key=lambda r: r.start):
-            if merged and r.start <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], r.end)
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
             else:
-                merged.append([r.start, r.end])
+                merged.append([start, end])
         self._starts = [m[0] for m in merged]
         self._ends = [m[1] for m in merged]
 
@@ -134,7 +174,8 @@ class CoreReader:
 
     def __init__(self, path):
         self.path = path
-        self.regions, self.missing = core_regions(path)
+        self.regions, self.missing, notes = core_regions(path)
+        self.extra_mapped = file_mappings(path, notes)
         try:
             self._file = open(path, "rb")
         except OSError as exc:
@@ -188,6 +229,7 @@ class ProcReader:
     def __init__(self, pid):
         self.pid = pid
         self.regions = proc_regions(pid)
+        self.extra_mapped = []
         self.missing = 0
         try:
             self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
