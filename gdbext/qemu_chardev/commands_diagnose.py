@@ -6,7 +6,7 @@ from .command_base import QcgCommand
 class DiagnoseCommand(QcgCommand):
     """Diagnose a live QEMU or a core: the crash, every chardev and thread, and findings.
 
-Usage: qemu diagnose [--json]
+Usage: qemu diagnose [--json] [--no-census]
 
 Reads, without changing anything: the crash (signal, crashing thread, its frames with the
 chardev / channel / task frames marked and their source lines), every chardev with its state,
@@ -17,7 +17,8 @@ thread concerned, a summary, an explanation and a fix:
   ioc-null-during-write  (error)  a thread crashed or stopped writing through ioc=NULL
   deadlock               (error)  threads wait on each other's mutexes, or on one they hold
   write-lock-held        (info; warning when the owner is not in the write path)
-plus those of optional report sections (e.g. a GSource census).
+plus those of optional report sections: the GSource census (gsource-leak,
+gsource-use-after-free; a scan of writable memory, skipped with --no-census).
 --json prints the report object of schema "qemu-chardev-report/1" (docs/report-schema.json),
 as scripts/chardev-postmortem collects it."""
     command = "qemu diagnose"
@@ -25,8 +26,10 @@ as scripts/chardev-postmortem collects it."""
     def build_parser(self, parser):
         parser.add_argument("--json", action="store_true",
                             help='print the "qemu-chardev-report/1" JSON object')
+        parser.add_argument("--no-census", action="store_true",
+                            help="skip the GSource census (a scan of writable memory)")
 
     def run(self, args, snap):
-        obj = report.build_report(snap)
+        obj = report.build_report(snap, ("gsource_census",) if args.no_census else ())
         # The base class appends snap.problems under the text; do not list them twice.
         return report_render.text(obj, args.colour, show_problems=False), obj

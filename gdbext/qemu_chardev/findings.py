@@ -88,6 +88,16 @@ def _path_text(thread, crashed):
     return " -> ".join(parts)
 
 
+def _disconnect_chain(thread):
+    """'tcp_chr_hup -> tcp_chr_disconnect -> tcp_chr_disconnect_locked at FILE:LINE'."""
+    indexes = [i for i, f in enumerate(thread.frames) if f.function in DISCONNECT_FUNCTIONS]
+    inner, outer = min(indexes), max(indexes)
+    shown = thread.frames[inner:min(outer + 2, len(thread.frames))]
+    text = " -> ".join(f.function or "??" for f in reversed(shown))
+    location = thread.frames[inner].location
+    return text + (f" at {location}" if location else "")
+
+
 def _locking_sentence(locking):
     if locking is None or locking.takes_lock is None:
         why = f" ({locking.evidence})" if locking is not None and locking.evidence else ""
@@ -158,16 +168,20 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
     else:
         lines.append(f"chr_write_lock is held by {_who(facts, owner_lwp)}, not by the writer.")
     lines.append("A NULL ioc under a writer that holds chr_write_lock is the signature of a "
-                 "disconnect that did not take chr_write_lock: tcp_chr_read() (run in the "
-                 "chardev's I/O context, e.g. the monitor I/O thread) saw the peer hang up and "
-                 "called tcp_chr_disconnect() -> tcp_chr_free_connection(), which set "
-                 "s->ioc = NULL and state = disconnected while this thread was between the "
-                 "state check and the write in tcp_chr_write().")
-    others = [t for t in facts.threads if t.lwp != thread.lwp
-              and t.has_function(DISCONNECT_FUNCTIONS)]
-    if others:
-        lines.append("In the disconnect path now: "
-                     + "; ".join(t.describe() for t in others) + ".")
+                 "disconnect that did not take chr_write_lock: the chardev's read or hang-up "
+                 "handler (tcp_chr_read() / tcp_chr_hup(), run in the chardev's I/O context, "
+                 "e.g. the monitor I/O thread) saw the peer hang up and called "
+                 "tcp_chr_disconnect() -> tcp_chr_free_connection(), which set s->ioc = NULL "
+                 "and state = disconnected while this thread was between the state check and "
+                 "the write in tcp_chr_write().")
+    for other in facts.threads:
+        if other.lwp == thread.lwp or not other.has_function(DISCONNECT_FUNCTIONS):
+            continue
+        chain = _disconnect_chain(other)
+        holds = lock is not None and lock.locked and lock.owner_lwp == other.lwp
+        lines.append(f"{_short_who(facts, other.lwp)} is in the disconnect path now ({chain})"
+                     + (" and holds chr_write_lock." if holds
+                        else " without holding chr_write_lock."))
     lines.append(f"Upstream fix: {UPSTREAM_LOCK_FIX}.")
     locking = facts.disconnect_locking
     lines.append(_locking_sentence(locking))

@@ -51,9 +51,11 @@ def _optional(name, provider, module):
     return name, provider
 
 
-def _report_providers(snap):
+def _report_providers(snap, skip):
     out = []
     for name, provider, module in (("gsource_census", _census_provider, "census"),):
+        if name in skip:
+            continue
         try:
             found = _optional(name, provider, module)
         except Exception as exc:  # a broken optional module must not lose the report
@@ -61,7 +63,7 @@ def _report_providers(snap):
             continue
         if found is not None:
             out.append(found)
-    return out + list(_registered_providers)
+    return out + [(n, p) for n, p in _registered_providers if n not in skip]
 
 
 def core_file_name():
@@ -144,8 +146,9 @@ def _thread_json(facts, thread, crash_facts):
     }
 
 
-def build_report(snap):
-    """The complete report dict (see docs/report-schema.json)."""
+def build_report(snap, skip_sections=()):
+    """The complete report dict (see docs/report-schema.json); ``skip_sections`` names
+    optional sections not to compute (e.g. "gsource_census", a scan of writable memory)."""
     target = target_json(snap)
     for lwp in snap.threads():      # full stacks first: later reads reuse them
         snap.stack(lwp)
@@ -157,7 +160,7 @@ def build_report(snap):
                            disconnect_locking=binary.disconnect_locking(),
                            tasks=_tasks(snap, chardevs))
     sections = {}
-    for name, provider in _report_providers(snap):
+    for name, provider in _report_providers(snap, set(skip_sections)):
         try:
             section, extra = provider(snap, facts)
         except QcgError as exc:
