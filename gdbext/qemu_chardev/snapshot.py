@@ -233,7 +233,7 @@ def innermost_qemu_frame(frames):
     """The newest QEMU frame outside QEMU's mutex/cond/event implementation (or None)."""
     qemu_frames = [f for f in frames if f.is_qemu]
     for frame in qemu_frames:
-        if frame.file != THREAD_PLUMBING_FILE:
+        if frame.file != THREAD_PLUMBING_FILE and frame.function not in LOCK_IMPL_FUNCTIONS:
             return frame
     return qemu_frames[0] if qemu_frames else None
 

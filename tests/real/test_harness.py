@@ -83,7 +83,8 @@ def test_monitor_scenario(qemu, workdir):
 
 def test_reconnect_scenario(qemu, workdir):
     with support.reconnect_scenario(qemu.storage_daemon, workdir, min_attaches=2) as sc:
-        lines = sc.daemon.wait_for_stderr("^qio_task_thread_source_attach ", count=2)
+        lines = sc.daemon.wait_for_stderr(
+            support.trace_event_re("qio_task_thread_source_attach"), count=2)
         assert all(re.search(r"task=0x[0-9a-f]+ source=0x[0-9a-f]+", line) for line in lines)
         cmdline = Path(f"/proc/{sc.daemon.pid}/cmdline").read_bytes()
         expected = b"reconnect-ms=1000" if qemu.version_tuple >= (9, 2) else b"reconnect=1"

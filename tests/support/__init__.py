@@ -4,7 +4,7 @@ from .builds import (BuildError, QemuBuild, binary_version, qemu_build,  # noqa:
                      versions_under_test)
 from .daemon import (DaemonStartError, QemuDaemon, monitor_args,  # noqa: F401
                      plain_chardev_args, reconnect_option, reconnecting_client_args,
-                     tcp_server_args, trace_args)
+                     tcp_server_args, trace_args, trace_event_re)
 from .gdb import (GdbCommandError, GdbProcess, GdbResult, GdbTimeout, gcore,  # noqa: F401
                   raw_gdb_values, run_gdb)
 from .paths import EXTENSION_PATH, REPO_ROOT, TESTS_DIR  # noqa: F401

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -11,6 +12,7 @@ from . import procs
 from .builds import binary_version
 
 READY_TIMEOUT = 30.0
+NO_PIDFILE_GRACE = 0.5      # seconds a daemon without --pidfile must survive to count as up
 
 
 class DaemonStartError(RuntimeError):
@@ -52,7 +54,10 @@ class QemuDaemon:
 
     def start(self) -> "QemuDaemon":
         """Start the daemon and wait until ready; DaemonStartError (daemon killed) if not."""
-        argv = [str(self.binary), *self.args, "--pidfile", str(self.pidfile)]
+        argv = [str(self.binary), *self.args]
+        if supports_pidfile(self.binary):
+            argv += ["--pidfile", str(self.pidfile)]
+        self._started_at = time.monotonic()
         with open(self.stderr_path, "wb") as err:
             self.proc = procs.register(subprocess.Popen(
                 argv, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
@@ -66,13 +71,31 @@ class QemuDaemon:
         return self
 
     def _ready(self) -> bool:
-        """True once the pid file holds our pid; DaemonStartError if the daemon exited."""
+        """True once the pid file holds our pid; DaemonStartError if the daemon exited.
+
+        Daemons older than 6.0 have no --pidfile: they count as ready once every server
+        socket named in the arguments exists (unix) or listens (TCP).
+        """
         if self.proc.poll() is not None:
             raise DaemonStartError(f"{self.binary.name} exited with status {self.proc.returncode}")
+        if not supports_pidfile(self.binary):
+            # A daemon that rejects its arguments exits at once; give it that moment.
+            return (time.monotonic() - self._started_at > NO_PIDFILE_GRACE
+                    and self._server_sockets_ready())
         try:
             return self.pidfile.read_text().strip() == str(self.pid)
         except FileNotFoundError:
             return False
+
+    def _server_sockets_ready(self) -> bool:
+        specs = [a for a in self.args if "server=on" in a]
+        for spec in specs:
+            path = re.search(r"(?:^|,)path=([^,]+)", spec)
+            if path and not Path(path.group(1)).is_socket():
+                return False
+        if any(re.search(r"(?:^|,)port=", spec) for spec in specs):
+            return bool(procs.listening_tcp_ports(self.pid))
+        return True
 
     def stderr_text(self) -> str:
         """Everything the daemon wrote to stderr (and stdout) so far."""
@@ -113,6 +136,18 @@ class QemuDaemon:
 
 # --- command-line fragments -------------------------------------------------------------
 
+_pidfile_support = {}
+
+
+def supports_pidfile(binary) -> bool:
+    """Whether this qemu-storage-daemon has --pidfile (added in QEMU 6.0)."""
+    key = str(binary)
+    if key not in _pidfile_support:
+        out = subprocess.run([key, "--help"], capture_output=True, text=True, timeout=30)
+        _pidfile_support[key] = "--pidfile" in out.stdout
+    return _pidfile_support[key]
+
+
 def reconnect_option(version: tuple, seconds: int = 1) -> str:
     """The socket chardev's reconnect option for QEMU VERSION.
 
@@ -145,6 +180,11 @@ def tcp_server_args(chardev_id: str = "tcp0", host: str = "127.0.0.1", port: int
 def plain_chardev_args(backend: str, chardev_id: str) -> list:
     """A non-socket chardev such as ("ringbuf", "ring0") or ("null", "null0")."""
     return ["--chardev", f"{backend},id={chardev_id}"]
+
+
+def trace_event_re(event: str) -> str:
+    """Regex for a log-backend trace line of EVENT; QEMU before 6.0 prefixes 'PID@TIME:'."""
+    return rf"^(?:\d+@\d+\.\d+:)?{event} "
 
 
 def trace_args(pattern: str) -> list:

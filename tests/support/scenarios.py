@@ -92,7 +92,8 @@ def reconnect_scenario(binary, workdir, *, min_attaches: int = 1, **kw) -> Itera
     --trace 'qio_task_*'; entered once MIN_ATTACHES completion sources were attached."""
     with scenario(binary, workdir, reconnecting_client=True, trace=QIO_TASK_TRACE, **kw) as sc:
         if min_attaches:
-            sc.daemon.wait_for_stderr(r"^qio_task_thread_source_attach ", count=min_attaches,
+            sc.daemon.wait_for_stderr(qsd.trace_event_re("qio_task_thread_source_attach"),
+                                      count=min_attaches,
                                       timeout=5.0 + 2.0 * min_attaches)
         yield sc
 
