@@ -9,15 +9,23 @@ try:
     from tabulate import tabulate as _tabulate
 except ImportError:  # pragma: no cover - exercised by a test that hides the module
     _tabulate = None
-try:
-    from pygments import highlight as _highlight
-    from pygments.formatters import TerminalFormatter as _TerminalFormatter
-    from pygments.lexers import CLexer as _CLexer, JsonLexer as _JsonLexer
-except ImportError:  # pragma: no cover
-    _highlight = None
+import importlib.util
 
-MISSING_OPTIONAL = [name for name, mod in (("tabulate", _tabulate), ("pygments", _highlight))
-                    if mod is None]
+# pygments costs tens of milliseconds to import: only do it when something is highlighted.
+_HAVE_PYGMENTS = importlib.util.find_spec("pygments") is not None
+
+MISSING_OPTIONAL = [name for name, present in (("tabulate", _tabulate is not None),
+                                               ("pygments", _HAVE_PYGMENTS)) if not present]
+
+
+def _highlight(text, lexer_name):
+    """``text`` highlighted for a terminal, or None without pygments."""
+    if not _HAVE_PYGMENTS:
+        return None
+    from pygments import highlight
+    from pygments.formatters import TerminalFormatter
+    from pygments.lexers import get_lexer_by_name
+    return highlight(text, get_lexer_by_name(lexer_name), TerminalFormatter()).rstrip("\n")
 
 _COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
 
@@ -57,16 +65,12 @@ def _visible_len(text):
 
 def to_json_text(obj, colour=False):
     text = json.dumps(obj, indent=2, sort_keys=False)
-    if colour and _highlight is not None:
-        return _highlight(text, _JsonLexer(), _TerminalFormatter()).rstrip("\n")
-    return text
+    return (colour and _highlight(text, "json")) or text
 
 
 def highlight_c(line, colour):
     """A C source line, highlighted on a terminal."""
-    if colour and _highlight is not None:
-        return _highlight(line, _CLexer(), _TerminalFormatter()).rstrip("\n")
-    return line
+    return (colour and _highlight(line, "c")) or line
 
 
 def pointer(value, colour=False, null_is_bad=False):
