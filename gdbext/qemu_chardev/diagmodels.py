@@ -244,6 +244,7 @@ class DiagnosisInput:
     chardevs: list = field(default_factory=list)
     crash: Optional[CrashFacts] = None
     owner_of: Dict[int, int] = field(default_factory=dict)
+    mutex_symbols: Dict[int, str] = field(default_factory=dict)   # address -> "mutex_a"
     disconnect_locking: Optional[DisconnectLocking] = None
     tasks: list = field(default_factory=list)
     extra_findings: List[Finding] = field(default_factory=list)

@@ -215,7 +215,8 @@ def _mutex_name(facts, mutex):
     chardev = facts.chardev_of_lock(mutex)
     if chardev is not None:
         return f"chr_write_lock of '{_label(chardev)}' (0x{mutex:x})"
-    return f"mutex 0x{mutex:x}"
+    symbol = facts.mutex_symbols.get(mutex)
+    return f"mutex {symbol} (0x{mutex:x})" if symbol else f"mutex 0x{mutex:x}"
 
 
 def deadlock(facts):

@@ -17,13 +17,14 @@ import re
 
 import gdb
 
-from . import __version__, binary, corefile, crash, findings
+from . import __version__, binary, corefile, crash, findings, target
 from .chardev import find_chardevs
 from .diagmodels import REPORT_SCHEMA, DiagnosisInput, ThreadFacts, finding_from, frame_json
 from .errors import QcgError
 from .models import ptr
 from .mutex import lock_graph
 from .qiotask import read_qiotask, tasks_in_threads
+from .qom import NoQemuDebugInfo
 
 _registered_providers = []
 _CORE_FILE_RE = re.compile(r"Local core dump file:\s*`(.+?)', file type")
@@ -114,6 +115,16 @@ def _thread_facts(snap, waits):
     return threads
 
 
+def _mutex_symbols(addresses):
+    """{address: symbol} of awaited mutexes that are global or static variables."""
+    out = {}
+    for address in set(addresses):
+        name = target.symbol_name(address)
+        if name:
+            out[address] = name
+    return out
+
+
 def _tasks(snap, chardevs):
     tasks = {}
     for chardev in chardevs:
@@ -130,6 +141,7 @@ def _tasks(snap, chardevs):
 def _thread_json(facts, thread, crash_facts):
     frame = thread.innermost_qemu_frame()
     waiting = thread.waiting_on
+    caller = thread.innermost_qemu_frame(skip_locking=True) if waiting else None
     holds = [c.label for c in facts.chardevs if c.write_lock is not None
              and c.write_lock.locked and c.write_lock.owner_lwp == thread.lwp]
     waited_chardev = facts.chardev_of_lock(waiting) if waiting else None
@@ -139,6 +151,7 @@ def _thread_json(facts, thread, crash_facts):
         "function": frame.function if frame else None,
         "location": frame.location if frame else None,
         "waiting_on": ptr(waiting),
+        "waiting_in": caller.function if caller else None,
         "waiting_for": (f"chr_write_lock of '{waited_chardev.label}'" if waited_chardev
                         else ("mutex " + ptr(waiting)) if waiting else None),
         "holds_write_lock_of": holds,
@@ -149,14 +162,21 @@ def _thread_json(facts, thread, crash_facts):
 def build_report(snap, skip_sections=()):
     """The complete report dict (see docs/report-schema.json); ``skip_sections`` names
     optional sections not to compute (e.g. "gsource_census", a scan of writable memory)."""
-    target = target_json(snap)
+    target_info = target_json(snap)
     for lwp in snap.threads():      # full stacks first: later reads reuse them
         snap.stack(lwp)
-    chardevs = find_chardevs(snap, deep=True)
+    try:
+        chardevs = find_chardevs(snap, deep=True)
+        target_info["qemu_debug_info"] = True
+    except NoQemuDebugInfo as exc:     # still worth reporting: the crash, threads, deadlocks
+        snap.note(str(exc))
+        chardevs = []
+        target_info["qemu_debug_info"] = False
     crash_facts, stop_facts = crash.read_signals(snap)
     waiting_on, owner_of = lock_graph(snap)
     facts = DiagnosisInput(threads=_thread_facts(snap, waiting_on), chardevs=chardevs,
                            crash=crash_facts, owner_of=owner_of,
+                           mutex_symbols=_mutex_symbols(waiting_on.values()),
                            disconnect_locking=binary.disconnect_locking(),
                            tasks=_tasks(snap, chardevs))
     sections = {}
@@ -176,13 +196,13 @@ def build_report(snap, skip_sections=()):
     found = findings.diagnose(facts, problems=problems)
     for problem in problems:
         snap.note(problem)
-    target["stop_signal"] = crash.stop_json(stop_facts) if crash_facts is None else None
-    target["disconnect_locking"] = facts.disconnect_locking.to_json()
+    target_info["stop_signal"] = crash.stop_json(stop_facts) if crash_facts is None else None
+    target_info["disconnect_locking"] = facts.disconnect_locking.to_json()
     crash_section = crash.crash_json(snap, crash_facts)
     return {
         "schema": REPORT_SCHEMA,
         "tool": {"name": "qemu-chardev-gdb", "version": __version__},
-        "target": target,
+        "target": target_info,
         "complete": not snap.problems,
         "problems": list(snap.problems),
         "error": None,

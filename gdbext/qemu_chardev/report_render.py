@@ -160,6 +160,8 @@ def _thread_rows(report):
         where = th.get("function") or "?"
         if th.get("location"):
             where += f" ({th['location']})"
+        if th.get("waiting_in") and th.get("waiting_in") != th.get("function"):
+            where = f"{th['waiting_in']} -> " + where
         if th.get("crashed"):
             where = "CRASHED in " + where
         rows.append([th.get("thread"), th.get("lwp"), th.get("name") or "",
