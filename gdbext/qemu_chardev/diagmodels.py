@@ -78,6 +78,18 @@ LOCK_FUNCTIONS = frozenset({"qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl",
 EVENT_FUNCTIONS = frozenset({"qemu_chr_be_event"})
 
 
+def display_path(path):
+    """A source path as shown to people: QEMU's headers as "include/...", not the absolute
+    path of the build machine's source tree."""
+    if path and path.startswith("/") and "/include/" in path:
+        return "include/" + path.rsplit("/include/", 1)[1]
+    return path
+
+
+def display_location(frame):
+    return f"{display_path(frame.file)}:{frame.line}" if frame.file else None
+
+
 def is_channel_write(function):
     return bool(function) and function.startswith(CHANNEL_WRITE_PREFIXES)
 
@@ -160,8 +172,8 @@ class ThreadFacts:
         frame = self.innermost_qemu_frame(skip_locking)
         if frame is not None and frame.function:
             who += f" in {frame.function}"
-            if frame.location:
-                who += f" ({frame.location})"
+            if frame.file:
+                who += f" ({display_location(frame)})"
         return who
 
     def has_function(self, names):

@@ -13,8 +13,8 @@ Built-in finding ids:
 """
 from . import analysis
 from .diagmodels import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS, LOCKED_DISCONNECT_FUNCTIONS,
-                         SEVERITIES, WRITE_ENTRY, WRITE_PATH_FUNCTIONS, Finding, in_write_path,
-                         is_channel_write)
+                         SEVERITIES, WRITE_ENTRY, WRITE_PATH_FUNCTIONS, Finding,
+                         display_location, in_write_path, is_channel_write)
 from .models import ptr
 
 UPSTREAM_LOCK_FIX = ('"char-socket: Lock tcp_chr_disconnect() and socket_reconnect_timeout()" '
@@ -82,8 +82,8 @@ def _path_text(thread, crashed):
         ioc = frame.pointer("ioc") if is_channel_write(frame.function) else None
         if is_channel_write(frame.function) and ioc is not None:
             text += "(ioc=NULL)" if ioc == 0 else f"(ioc=0x{ioc:x})"
-        if frame.location:
-            text += f" at {frame.location}"
+        if frame.file:
+            text += f" at {display_location(frame)}"
         parts.append(text)
     return " -> ".join(parts)
 
@@ -94,7 +94,7 @@ def _disconnect_chain(thread):
     inner, outer = min(indexes), max(indexes)
     shown = thread.frames[inner:min(outer + 2, len(thread.frames))]
     text = " -> ".join(f.function or "??" for f in reversed(shown))
-    location = thread.frames[inner].location
+    location = display_location(thread.frames[inner])
     return text + (f" at {location}" if location else "")
 
 

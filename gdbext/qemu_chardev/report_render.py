@@ -9,7 +9,7 @@ import textwrap
 import xml.etree.ElementTree as ET
 
 from . import render
-from .diagmodels import REPORT_SCHEMA, SEVERITIES
+from .diagmodels import REPORT_SCHEMA, SEVERITIES, display_path
 
 WRAP = 100
 _SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "dim"}
@@ -68,7 +68,7 @@ def frame_line(frame):
     if args:
         text += " (" + ", ".join(args) + ")"
     if frame.get("file"):
-        text += f" at {frame['file']}:{frame.get('line')}"
+        text += f" at {display_path(frame['file'])}:{frame.get('line')}"
     return text
 
 
@@ -159,7 +159,7 @@ def _thread_rows(report):
     for th in report.get("threads") or []:
         where = th.get("function") or "?"
         if th.get("location"):
-            where += f" ({th['location']})"
+            where += f" ({display_path(th['location'])})"
         if th.get("waiting_in") and th.get("waiting_in") != th.get("function"):
             where = f"{th['waiting_in']} -> " + where
         if th.get("crashed"):
