@@ -122,7 +122,8 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
         _add_owned_unknowns(census, reader, offsets, is_mapped, enricher)
     finally:
         reader.close()
-    ca.classify(census.records, census.owners, _idle_funcs(table))
+    ca.classify(census.records, census.owners, _idle_funcs(table),
+                has_qio_task=target.symbol_address("qio_task_thread_worker") is not None)
     census.uaf = ca.use_after_free(census.records, census.owners)
     census.seconds = time.perf_counter() - started
     return census

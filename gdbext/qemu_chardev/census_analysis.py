@@ -193,11 +193,13 @@ def is_qio_task_completion_leak(rec, idle_funcs):
             and rec.name in (None, "GIdleSource"))
 
 
-def classify(records, owners, idle_funcs=None):
+def classify(records, owners, idle_funcs=None, has_qio_task=True):
     """Set every record's ``state``, ``owners`` and ``origin``.
 
     A destroyed source that still holds a reference is ``leaked`` when no owner points at it,
-    else ``destroyed-referenced`` (normal for a moment).  Returns {address: [Owner]}.
+    else ``destroyed-referenced`` (normal for a moment).  A leak is attributed to
+    qio_task_thread_worker only when it has that completion's signature and the target has
+    QIOTasks at all (``has_qio_task``).  Returns {address: [Owner]}.
     """
     by_source = {}
     for owner in owners:
@@ -208,8 +210,8 @@ def classify(records, owners, idle_funcs=None):
         rec.owners = [o.what for o in by_source.get(rec.address, [])]
         if rec.state == DESTROYED_REFERENCED and not rec.owners:
             rec.state = LEAKED
-            rec.origin = QIO_TASK_ORIGIN if is_qio_task_completion_leak(rec, idle_funcs) \
-                else "unknown"
+            rec.origin = QIO_TASK_ORIGIN if has_qio_task and \
+                is_qio_task_completion_leak(rec, idle_funcs) else "unknown"
     return by_source
 
 

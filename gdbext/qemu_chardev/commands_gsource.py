@@ -99,10 +99,11 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
                         layout.field("flags").offset, depth=args.depth,
                         max_events=args.max_events, log=not args.json)
         tracer.arm()
-        gdb.write(f"Tracing GSource 0x{address:x} ({src.funcs_symbol or 'unknown funcs'}, "
-                  f"ref_count {tracer.start[0]}, flags 0x{tracer.start[1]:x}); "
-                  f"Ctrl-C to stop.\n")
-        reason = tracer.run(timeout=args.timeout)
+        if not args.json:
+            gdb.write(f"Tracing GSource 0x{address:x} ({src.funcs_symbol or 'unknown funcs'}, "
+                      f"ref_count {tracer.start[0]}, flags 0x{tracer.start[1]:x}); "
+                      f"Ctrl-C to stop.\n")
+        reason = tracer.run(timeout=args.timeout, quiet=args.json)
         text = render_gsource.trace_summary(address, tracer.start, tracer.events, reason,
                                             args.colour)
         return text, envelope(snap, gsource=f"0x{address:x}",

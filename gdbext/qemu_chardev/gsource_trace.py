@@ -1,6 +1,7 @@
 """Tracing one GSource's reference count with hardware watchpoints (live processes only).
 
-Two internal write watchpoints watch ``ref_count`` and ``flags``.  Their ``stop()`` runs while
+Two internal write watchpoints watch ``ref_count`` and ``flags`` (only changes of the
+ACTIVE bit, i.e. destruction, are logged from ``flags``).  Their ``stop()`` runs while
 the inferior is stopped: it reads the two words, records who changed them (thread and a
 short backtrace, no inferior calls) and lets the process run on until the count reaches
 zero, a destroyed source gains a reference, the event limit or the timeout is hit, or the
@@ -81,6 +82,8 @@ class Tracer:
         if new == old:
             return False
         self.last[what] = new
+        if what == "flags" and not (old ^ new) & ta.G_SOURCE_ACTIVE:
+            return False        # READY/IN_CALL/BLOCKED churn of every dispatch: not logged
         flags = self.last["flags"] if what == "ref_count" else new
         thread = gdb.selected_thread()
         event = ta.RefEvent(index=len(self.events) + 1, what=what, old=old, new=new,
@@ -118,8 +121,10 @@ class Tracer:
                 break
         return names, qemu
 
-    def run(self, timeout=None):
-        """Resume until a stop condition; always disarm.  Returns the stop reason."""
+    def run(self, timeout=None, quiet=False):
+        """Resume until a stop condition; always disarm.  Returns the stop reason.
+
+        ``quiet`` swallows gdb's own resume/stop messages (for --json output)."""
         stops = []
         timer = None
         fired = threading.Event()
@@ -147,7 +152,7 @@ class Tracer:
             while self.reason is None:
                 del stops[:]
                 try:
-                    gdb.execute("continue")
+                    gdb.execute("continue", to_string=quiet)
                 except KeyboardInterrupt:
                     self.reason = "interrupted"
                     break

@@ -7,17 +7,16 @@ by bytes 2..5 of their value and each group is searched with one 4-byte needle; 
 only when it sits at bytes 2..5 of an 8-byte aligned word whose full value is an anchor.  This
 runs at several GB/s, about the speed of reading the memory at all.
 
-Memory comes from a core file (its writable PT_LOAD segments, mapped in bounded windows) or
+Memory comes from a core file (its writable PT_LOAD segments, read in bounded windows) or
 from a live process (``/proc/PID/maps`` and ``/proc/PID/mem``, opened read-only).  Nothing is
 ever written.
 """
 import bisect
-import mmap
 import os
 import struct
 from dataclasses import dataclass
 
-WINDOW = 64 << 20           # bytes searched at a time (bounded memory)
+WINDOW = 4 << 20            # bytes read and searched at a time (bounded memory)
 PT_LOAD = 1
 PT_NOTE = 4
 NT_FILE = 0x46494C45
@@ -168,7 +167,7 @@ class RegionMap:
 
 
 class CoreReader:
-    """Reads a core file's segments through read-only mmap windows."""
+    """Reads a core file's segments (read-only file, one reused buffer)."""
 
     kind = "core"
 
@@ -181,32 +180,34 @@ class CoreReader:
         except OSError as exc:
             raise ScanError(f"cannot open core file {path}: {exc.strerror}") from None
         self._by_start = [r.start for r in self.regions]
+        self._buf = None
 
     def close(self):
         self._file.close()
 
     def windows(self, region, window=WINDOW):
         """(address, buffer, first, length): ``buffer[first:first + length]`` holds the bytes
-        at ``address``; pieces of at most ``window`` bytes cover the region's file contents."""
+        at ``address``; pieces of at most ``window`` bytes cover the region's file contents.
+        One buffer is reused (read with preadv), so memory stays bounded by ``window``."""
+        if self._buf is None or len(self._buf) < window:
+            self._buf = bytearray(window)
+        view = memoryview(self._buf)
+        fd = self._file.fileno()
         done = 0
-        page = mmap.ALLOCATIONGRANULARITY
-        while done < region.size:
-            length = min(window, region.size - done)
-            file_off = region.offset + done
-            base = file_off - file_off % page
-            lead = file_off - base
-            try:
-                mapped = mmap.mmap(self._file.fileno(), lead + length, access=mmap.ACCESS_READ,
-                                   offset=base)
-            except (OSError, ValueError) as exc:
-                raise ScanError(f"cannot map {self.path} at offset {file_off}: {exc}") from None
-            try:
-                if hasattr(mapped, "madvise"):
-                    mapped.madvise(mmap.MADV_SEQUENTIAL)
-                yield region.start + done, mapped, lead, length
-            finally:
-                mapped.close()
-            done += length
+        try:
+            while done < region.size:
+                length = min(window, region.size - done)
+                try:
+                    got = os.preadv(fd, [view[:length]], region.offset + done)
+                except OSError as exc:
+                    raise ScanError(f"cannot read {self.path}: {exc.strerror}") from None
+                if got <= 0:
+                    self.missing += region.size - done
+                    return
+                yield region.start + done, self._buf, 0, got
+                done += got
+        finally:
+            view.release()
 
     def read(self, address, size):
         """``size`` bytes at ``address`` if the core file holds them all, else None."""
@@ -286,14 +287,16 @@ class Hit:
     data: bytes              # bytes [address - before, address - before + span), or b""
 
 
-def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True):
+def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True,
+         backend=None):
     """Every 8-byte aligned word in the reader's (writable) regions equal to an anchor.
 
     ``anchors`` maps pointer values to anything.  Returns (hits, bytes_scanned); each hit
     carries ``span`` bytes starting ``before`` bytes ahead of the word when the window holds
-    them, else b"" (the caller reads those itself).
+    them, else b"" (the caller reads those itself).  ``backend``: "numpy", "find" or None
+    (numpy when it can be imported).
     """
-    groups = group_anchors(anchors)
+    search = make_searcher(anchors, backend)
     hits = []
     scanned = 0
     for region in reader.regions:
@@ -301,14 +304,43 @@ def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True)
             continue
         for address, buf, first, length in reader.windows(region, window):
             scanned += length
-            scan_buffer(address, buf, first, length, groups, before, span, hits)
+            end = first + length
+            for word, value in search(buf, first, length):
+                start = word - before
+                data = bytes(buf[start:start + span]) if start >= first and \
+                    start + span <= end else b""
+                hits.append(Hit(address + word - first, value, data))
     return hits, scanned
 
 
-def scan_buffer(address, buf, first, length, groups, before, span, hits):
-    """Append to ``hits`` the anchor words in ``buf[first:first + length]`` (at ``address``)."""
+def backend_name(backend=None):
+    """The search backend ``scan`` uses: "numpy" if importable (and not disabled), else "find"."""
+    if backend in ("numpy", "find"):
+        if backend == "numpy" and _numpy() is None:
+            raise ScanError("numpy is not available")
+        return backend
+    if os.environ.get("QCG_SCAN_BACKEND") in ("numpy", "find"):
+        return backend_name(os.environ["QCG_SCAN_BACKEND"])
+    return "numpy" if _numpy() is not None else "find"
+
+
+def make_searcher(anchors, backend=None):
+    """A function (buf, first, length) -> [(byte offset in buf, anchor value)]."""
+    if backend_name(backend) == "numpy":
+        return _NumpySearcher(anchors)
+    groups = group_anchors(anchors)
+    return lambda buf, first, length: find_words(buf, first, length, groups)
+
+
+def find_words(buf, first, length, groups):
+    """Aligned anchor words in ``buf[first:first + length]`` with ``bytes.find``.
+
+    Each group's 4-byte needle (bytes 2..5 of its anchors) is searched; a match counts only
+    at bytes 2..5 of an 8-byte aligned word whose full value is one of the group's anchors.
+    """
     end = first + length
     find = buf.find
+    out = []
     for needle, members in groups.items():
         i = find(needle, first, end)
         while i >= 0:
@@ -316,8 +348,62 @@ def scan_buffer(address, buf, first, length, groups, before, span, hits):
             if word >= first and not (word - first) & 7 and word + 8 <= end:
                 value = int.from_bytes(buf[word:word + 8], "little")
                 if value in members:
-                    start = word - before
-                    data = bytes(buf[start:start + span]) \
-                        if start >= first and start + span <= end else b""
-                    hits.append(Hit(address + word - first, value, data))
+                    out.append((word, value))
             i = find(needle, i + 1, end)
+    out.sort()
+    return out
+
+
+_numpy_module = []
+
+
+def _numpy():
+    if not _numpy_module:
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        _numpy_module.append(numpy)
+    return _numpy_module[0]
+
+
+class _NumpySearcher:
+    """The same search with numpy: compare the high 48 bits of every word, 1 MiB at a time.
+
+    About twice as fast as ``bytes.find`` with two needle groups, and its cost does not grow
+    with the number of anchors sharing a 64 KiB page.
+    """
+
+    STEP = 1 << 20
+
+    def __init__(self, anchors):
+        np = _numpy()
+        self.np = np
+        self.anchors = set(anchors)
+        self.keys = [np.uint64(k) for k in sorted({v >> 16 for v in anchors})]
+        self.shift = np.uint64(16)
+        self.high = np.empty(self.STEP // 8, dtype=np.uint64)
+        self.match = np.empty(self.STEP // 8, dtype=bool)
+
+    def __call__(self, buf, first, length):
+        np = self.np
+        out = []
+        words_total = length // 8
+        done = 0
+        while done < words_total:
+            n = min(self.STEP // 8, words_total - done)
+            offset = first + 8 * done
+            words = np.frombuffer(buf, dtype="<u8", count=n, offset=offset)
+            high, match = self.high[:n], self.match[:n]
+            np.right_shift(words, self.shift, out=high)
+            for key in self.keys:
+                np.equal(high, key, out=match)
+                if match.any():
+                    for i in np.flatnonzero(match).tolist():
+                        value = int(words[i])
+                        if value in self.anchors:
+                            out.append((offset + 8 * i, value))
+            del words
+            done += n
+        out.sort()
+        return out

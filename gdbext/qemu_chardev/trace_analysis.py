@@ -60,9 +60,13 @@ class RefEvent:
 
 
 def attribute(frames):
-    """First frame outside GLib's refcount helpers, else the innermost one, else None."""
+    """First named frame outside GLib's refcount helpers, else the innermost one, else None.
+
+    Frames without a name (static functions of a library without symbols show as "0x...")
+    are skipped: their caller says more.
+    """
     for name in frames:
-        if name and name not in REFCOUNT_HELPERS:
+        if name and not name.startswith("0x") and name not in REFCOUNT_HELPERS:
             return name
     return frames[0] if frames else None
 
