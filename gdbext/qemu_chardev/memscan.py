@@ -17,6 +17,9 @@ import struct
 from dataclasses import dataclass
 
 WINDOW = 4 << 20            # bytes read and searched at a time (bounded memory)
+# Readers put a window's first byte LEAD bytes into their buffer: bytes 2..5 of every 8-byte
+# word (the needle) then sit at 4-byte aligned positions, which numpy compares twice as fast.
+LEAD = 6
 PT_LOAD = 1
 PT_NOTE = 4
 NT_FILE = 0x46494C45
@@ -189,8 +192,8 @@ class CoreReader:
         """(address, buffer, first, length): ``buffer[first:first + length]`` holds the bytes
         at ``address``; pieces of at most ``window`` bytes cover the region's file contents.
         One buffer is reused (read with preadv), so memory stays bounded by ``window``."""
-        if self._buf is None or len(self._buf) < window:
-            self._buf = bytearray(window)
+        if self._buf is None or len(self._buf) < window + LEAD:
+            self._buf = bytearray(window + LEAD)
         view = memoryview(self._buf)
         fd = self._file.fileno()
         done = 0
@@ -198,13 +201,13 @@ class CoreReader:
             while done < region.size:
                 length = min(window, region.size - done)
                 try:
-                    got = os.preadv(fd, [view[:length]], region.offset + done)
+                    got = os.preadv(fd, [view[LEAD:LEAD + length]], region.offset + done)
                 except OSError as exc:
                     raise ScanError(f"cannot read {self.path}: {exc.strerror}") from None
                 if got <= 0:
                     self.missing += region.size - done
                     return
-                yield region.start + done, self._buf, 0, got
+                yield region.start + done, self._buf, LEAD, got
                 done += got
         finally:
             view.release()
@@ -243,21 +246,21 @@ class ProcReader:
 
     def windows(self, region, window=WINDOW):
         """Like ``CoreReader.windows``; one reused buffer, so at most ``window`` bytes held."""
-        if self._buf is None or len(self._buf) < window:
-            self._buf = bytearray(window)
+        if self._buf is None or len(self._buf) < window + LEAD:
+            self._buf = bytearray(window + LEAD)
         view = memoryview(self._buf)
         done = 0
         try:
             while done < region.length:
                 length = min(window, region.length - done)
                 try:
-                    got = os.preadv(self._fd, [view[:length]], region.start + done)
+                    got = os.preadv(self._fd, [view[LEAD:LEAD + length]], region.start + done)
                 except OSError:
                     got = 0
                 if got <= 0:
                     self.missing += region.length - done
                     return
-                yield region.start + done, self._buf, 0, got
+                yield region.start + done, self._buf, LEAD, got
                 done += got
         finally:
             view.release()
@@ -368,42 +371,46 @@ def _numpy():
 
 
 class _NumpySearcher:
-    """The same search with numpy: compare the high 48 bits of every word, 1 MiB at a time.
+    """The same search with numpy, 4 MiB at a time, one comparison per needle group.
 
-    About twice as fast as ``bytes.find`` with two needle groups, and its cost does not grow
-    with the number of anchors sharing a 64 KiB page.
+    The buffer is viewed as 4-byte integers starting 2 bytes in: element 2k is bytes 2..5 of
+    word k, the same 4 bytes the ``bytes.find`` needle uses.  Matches at even elements whose
+    full word is an anchor are hits.  Several times faster than ``bytes.find``.
     """
 
-    STEP = 1 << 20
+    STEP = 4 << 20
 
     def __init__(self, anchors):
         np = _numpy()
         self.np = np
         self.anchors = set(anchors)
-        self.keys = [np.uint64(k) for k in sorted({v >> 16 for v in anchors})]
-        self.shift = np.uint64(16)
-        self.high = np.empty(self.STEP // 8, dtype=np.uint64)
-        self.match = np.empty(self.STEP // 8, dtype=bool)
+        self.keys = [np.uint32(int.from_bytes(needle, "little"))
+                     for needle in group_anchors(anchors)]
+        self.match = np.empty(self.STEP // 4, dtype=bool)
 
     def __call__(self, buf, first, length):
         np = self.np
         out = []
-        words_total = length // 8
+        total = length - length % 8
         done = 0
-        while done < words_total:
-            n = min(self.STEP // 8, words_total - done)
-            offset = first + 8 * done
-            words = np.frombuffer(buf, dtype="<u8", count=n, offset=offset)
-            high, match = self.high[:n], self.match[:n]
-            np.right_shift(words, self.shift, out=high)
+        while done < total:
+            n = min(self.STEP, total - done)
+            offset = first + done
+            # 2 * n/8 - 1 elements: the last one would read past the 8-byte word.  With the
+            # readers' LEAD they are 4-byte aligned (numpy compares those much faster).
+            mid = np.frombuffer(buf, dtype="<u4", count=n // 4 - 1, offset=offset + 2)
+            match = self.match[:n // 4 - 1]
             for key in self.keys:
-                np.equal(high, key, out=match)
+                np.equal(mid, key, out=match)
                 if match.any():
                     for i in np.flatnonzero(match).tolist():
-                        value = int(words[i])
+                        if i & 1:
+                            continue
+                        word = offset + 4 * i
+                        value = int.from_bytes(buf[word:word + 8], "little")
                         if value in self.anchors:
-                            out.append((offset + 8 * i, value))
-            del words
+                            out.append((word, value))
+            del mid
             done += n
         out.sort()
         return out
