@@ -88,6 +88,8 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
             raise QcgError("--max-events and --depth must be at least 1")
         spec = " ".join(args.spec)
         address = _address(spec)
+        if not address:
+            raise QcgError(f"{spec!r} is NULL: no GSource to trace")
         src = read_gsource(snap, address)
         if src.verdict == "unreadable":
             raise TargetReadError(f"GSource {spec!r}", address)

@@ -120,6 +120,37 @@ def test_trace_shows_reconnect_timer_refcount_history(qemu, workdir):
     assert "watchpoint" not in result.outputs[3]
 
 
+def test_trace_stops_when_a_leaked_source_gains_a_reference(qemu_reverted, workdir):
+    """A leaked completion stays linked in its context, so every main loop iteration's
+    g_source_iter_next() takes a temporary reference on it: a destroyed source gaining one."""
+    args = gs.reconnect_churn_args(workdir, qemu_reverted.storage_daemon)
+    with support.QemuDaemon(qemu_reverted.storage_daemon, args, workdir) as daemon:
+        daemon.wait_for_stderr("^" + gs.ATTACH_TRACE + " ", count=2, timeout=15)
+        leaked = gs.attach_events(daemon.stderr_text())[0][1]    # dispatched a second ago
+        result = support.run_gdb(qemu_reverted.storage_daemon, pid=daemon.pid, commands=[
+            f"output ((GSource *){leaked:#x})->ref_count",
+            f"qemu gsource trace --json --timeout 20 {leaked:#x}",
+            "qemu gsource trace 0"], timeout=90)
+    trace = result.json(1)
+    assert result.outputs[0] == "1"
+    assert trace["start"] == {"ref_count": 1, "flags": 0}
+    assert trace["stopped"] == "a destroyed source gained a reference", trace
+    first = trace["events"][0]
+    assert (first["old"], first["new"], first["flags"]) == (1, 2, 0)
+    assert first["qemu_frame"] in ("glib_pollfds_poll", "os_host_main_loop_wait"), first
+    assert "is NULL" in result.errors[2]
+
+
+def test_trace_refuses_a_core(qemu_reverted, workdir):
+    churn = gs.reconnect_churn_core(qemu_reverted.storage_daemon, workdir, seconds=2.0,
+                                    min_events=1)
+    source = sorted(churn.traced_sources)[0]
+    result = support.run_gdb(churn.binary, core=churn.core,
+                             commands=[f"qemu gsource trace {source:#x}"])
+    assert "needs a live process" in result.errors[0]
+    assert "Python Exception" not in result.stderr
+
+
 def test_census_reports_chardev_pointing_at_freed_source(qemu, workdir):
     """The state the 2019 race can leave: s->hup_source aimed at a freed GSource.
 
