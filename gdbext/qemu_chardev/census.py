@@ -132,7 +132,8 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
 def findings(snap, with_frames=True):
     """The census's findings (gsource-leak, gsource-use-after-free) as finding dicts.
 
-    Each dict: {id, severity, chardev, lwp, thread, summary, detail, fix}.  Problems met on the
+    Each dict: {id, severity, chardev, lwp, thread, summary, detail, fix, evidence}, where
+    evidence holds the addresses ("sources", "contexts", "owner", "source").  Problems met on the
     way are recorded in ``snap`` (the report is then incomplete).
     """
     return take_census(snap, with_frames=with_frames).findings()

@@ -265,9 +265,11 @@ def _address_list(addresses, limit=LIST_LIMIT):
     return shown
 
 
-def _finding(fid, severity, summary, detail, fix, chardev=None, lwp=None, thread=None):
+def _finding(fid, severity, summary, detail, fix, chardev=None, lwp=None, thread=None,
+             evidence=None):
     return {"id": fid, "severity": severity, "chardev": chardev, "lwp": lwp,
-            "thread": thread, "summary": summary, "detail": detail, "fix": fix}
+            "thread": thread, "summary": summary, "detail": detail, "fix": fix,
+            "evidence": evidence or {}}
 
 
 def leak_findings(records, context_labels=None):
@@ -292,10 +294,13 @@ def leak_findings(records, context_labels=None):
             f"context ({where}), which walks it on every main loop iteration. "
             f"qio_task_thread_worker() attached it and never dropped its own reference. "
             f"Addresses: {_address_list(completion)}.",
-            QIO_TASK_FIX))
+            QIO_TASK_FIX,
+            evidence={"count": n, "origin": QIO_TASK_ORIGIN,
+                      "sources": [ptr(a) for a in completion],
+                      "contexts": [ptr(c) for c in contexts]}))
     if other:
         addresses = sorted(r.address for r in other)
-        kinds = sorted({r.funcs_name or ptr(r.funcs) for r in other})
+        kinds = sorted({r.funcs_name or ptr(r.funcs) or "?" for r in other})
         n = len(addresses)
         out.append(_finding(
             "gsource-leak", "warning",
@@ -304,7 +309,9 @@ def leak_findings(records, context_labels=None):
             f"Destroyed (not ACTIVE) sources keep ref_count > 0 but no chardev field, live "
             f"QIOTask, pending dispatch, parent source or stack frame points at them: "
             f"probably leaked. Addresses: {_address_list(addresses)}.",
-            GENERIC_LEAK_FIX))
+            GENERIC_LEAK_FIX,
+            evidence={"count": n, "origin": "unknown", "funcs": kinds,
+                      "sources": [ptr(a) for a in addresses]}))
     return out
 
 
@@ -325,7 +332,10 @@ def uaf_findings(pairs):
             f"last reference was dropped. Using it (g_source_destroy, g_source_unref, "
             f"dispatch) touches freed memory.",
             CHARDEV_LOCK_FIX if chardev_field else GENERIC_UAF_FIX,
-            chardev=owner.chardev, lwp=owner.lwp, thread=owner.thread))
+            chardev=owner.chardev, lwp=owner.lwp, thread=owner.thread,
+            evidence={"owner": owner.what, "owner_kind": owner.kind,
+                      "source": ptr(rec.address), "state": rec.state,
+                      "ref_count": rec.ref_count if rec.state == FREED else None}))
     return out
 
 

@@ -54,6 +54,7 @@ def test_census_counts_exactly_the_traced_leaked_completions(qemu_reverted, work
     assert "Fix GSource leak in qio_task_thread_worker()" in found[0]["fix"]
     for address in leaked:
         assert f"0x{address:x}" in found[0]["detail"]
+    assert {int(a, 16) for a in found[0]["evidence"]["sources"]} == leaked
 
     # Independent check of two leaked sources' fields with plain gdb.
     sample = sorted(leaked)[:2]

@@ -11,7 +11,8 @@ IDLE = 0x7F0000001300
 TIMEOUT = 0x7F0000001380
 CTX = 0x555500001000
 MAPPED = [(0x555500000000, 0x555600000000), (0x7F0000000000, 0x7F0000100000)]
-FINDING_KEYS = {"id", "severity", "chardev", "lwp", "thread", "summary", "detail", "fix"}
+FINDING_KEYS = {"id", "severity", "chardev", "lwp", "thread", "summary", "detail", "fix",
+                "evidence"}
 
 
 def is_mapped(address):
@@ -139,6 +140,9 @@ def test_use_after_free_pairs_only_checked_owners_of_freed_or_invalid_targets():
     assert all(set(f) == FINDING_KEYS for f in found)
     assert found[0]["chardev"] == "cli0" and found[0]["severity"] == "error"
     assert found[0]["fix"] == ca.CHARDEV_LOCK_FIX        # a socket chardev field
+    assert found[0]["evidence"] == {"owner": "cli0.hup_source", "owner_kind": "chardev",
+                                    "source": f"0x{freed.address:x}", "state": "freed",
+                                    "ref_count": 0}
     assert "reused" in found[1]["summary"] and found[1]["fix"] == ca.GENERIC_UAF_FIX
 
 
@@ -157,6 +161,8 @@ def test_leak_findings_split_by_origin_and_list_addresses():
     assert "0x555500010000" in found[0]["detail"] and "(8 more)" in found[0]["detail"]
     assert "qio_task_thread_worker()" in found[0]["fix"] and "QEMU 4.2" in found[0]["fix"]
     assert found[1]["summary"].startswith("1 destroyed GSource (g_timeout_funcs)")
+    assert found[0]["evidence"]["count"] == 40 and len(found[0]["evidence"]["sources"]) == 40
+    assert found[0]["evidence"]["contexts"] == [f"0x{CTX:x}"]
 
 
 def test_no_findings_for_healthy_records():
