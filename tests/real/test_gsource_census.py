@@ -243,3 +243,17 @@ def test_truncated_core_is_reported_incomplete_not_a_traceback(heap_binary, work
         out = result.json(0)
         assert out["complete"] is False
         assert any("could not be read" in p for p in out["problems"]), out["problems"]
+
+
+def test_census_without_qemu_debug_info_still_finds_the_leaks(qemu_reverted, workdir):
+    """A debug-stripped QEMU (symbol table kept): anchors and the leak signature still work,
+    chardev owners cannot be read, so the report says it is incomplete."""
+    stripped = support.strip_debug(qemu_reverted.storage_daemon, workdir / "qsd-stripped")
+    churn = gs.reconnect_churn_core(stripped, workdir, seconds=4.0, min_events=3)
+    out = _census(stripped, core=churn.core)
+    leaked = {int(a, 16) for a in out["census"]["leaked"]}
+    assert leaked and leaked <= churn.traced_sources
+    assert len(churn.traced_sources - leaked) <= 1
+    assert gs.find_finding(out["findings"], "gsource-leak", "error")
+    assert out["complete"] is False
+    assert any("not checked as owners" in p for p in out["problems"]), out["problems"]
