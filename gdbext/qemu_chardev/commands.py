@@ -232,8 +232,9 @@ def register():
         have_prefix = False
     from .commands_diagnose import DiagnoseCommand
     from .commands_gsource import COMMANDS as gsource_commands
+    from .commands_watch import COMMANDS as watch_commands
     classes = [ChardevPrefix, ChardevList, ChardevShow, MutexCommand, GSourcePrefix,
-               *gsource_commands, QIOTaskPrefix, QIOTaskList, DiagnoseCommand]
+               *gsource_commands, QIOTaskPrefix, QIOTaskList, DiagnoseCommand, *watch_commands]
     if not have_prefix:
         classes.insert(0, QemuPrefix)
     return [cls() for cls in classes]
