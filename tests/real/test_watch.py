@@ -1,0 +1,494 @@
+"""`qemu watch-disconnect` and scripts/catch-disconnect-during-write on real QEMU.
+
+Expected values come from outside the extension: the number of clients we hung up, QEMU's own
+chr_socket_* trace events (9.x+), plain gdb (thread LWPs, a dprintf on tcp_chr_free_connection,
+the fields of a written core), the kernel (/proc: tracer, pids) and test-char's own TAP output.
+"""
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import support
+from support import procs
+from support import watch as sw
+
+MON0 = "mon_list.tqh_first->chr.chr"          # the monitor's chardev, found by plain gdb
+WARNING = "disconnect-without-write-lock"
+ERROR = "disconnect-during-write"
+
+
+@contextlib.contextmanager
+def qsd(build, workdir, *extra, trace=False):
+    """qemu-storage-daemon with the QMP monitor mon0 (unix socket WORKDIR/mon0.sock)."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    sock = Path(workdir) / "mon0.sock"
+    args = [*support.monitor_args(sock), *extra]
+    if trace:
+        args += support.trace_args(sw.CHR_TRACE)
+    with support.QemuDaemon(build.storage_daemon, args, workdir) as daemon:
+        support.wait_until(sock.exists, 10, what="mon0.sock")
+        yield daemon, sock
+
+
+def has_chr_trace(build):
+    return build.version_tuple >= (9, 0)
+
+
+def plain_gdb(build, pid, *commands):
+    return support.run_gdb(build.storage_daemon, pid=pid, commands=list(commands),
+                           extension=False).check().outputs
+
+
+def assert_left_running(daemon, sock):
+    """No tracer, QMP answers, and more hang-ups do not kill it (no breakpoint or debug
+    register left behind: either would kill it with SIGTRAP)."""
+    assert procs.tracer_pid(daemon.pid) == 0
+    assert sw.qmp_answers(sock)
+    assert sw.hangup_loop(sock, 10, 2).refused == 0
+    assert daemon.alive() and sw.qmp_answers(sock)
+
+
+def stack_functions(frames):
+    return [f["function"] for f in frames]
+
+
+def qmp(sock):
+    client = support.QMPClient(sock)
+    client.negotiate()
+    return client
+
+
+def add_socket_chardev(client, label, path):
+    client.execute("chardev-add", {"id": label, "backend": {"type": "socket", "data": {
+        "addr": {"type": "unix", "data": {"path": str(path)}},
+        "server": True, "wait": False}}})
+
+
+def hang_up_on(path, times):
+    for _ in range(times):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            time.sleep(0.05)
+        time.sleep(0.05)
+
+
+# --- reverted build: every disconnect without the lock is reported ------------------------------
+
+def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
+    build = qemu_reverted
+    trace = has_chr_trace(build)
+    hangups = 25
+    with qsd(build, workdir, trace=trace) as (daemon, sock):
+        io_lwp = sw.iothread_lwp(build.storage_daemon, daemon.pid)
+        with sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c") as run:
+            run.wait_watching()
+            before = len(daemon.stderr_text())
+            counts = sw.hangup_loop(sock, hangups, 0)
+            time.sleep(0.5)
+            window = daemon.stderr_text()[before:]
+            rc = run.interrupt()
+        assert counts.at_once == hangups and counts.refused == 0
+        events = run.events()
+        errors = [e for e in events if e["kind"] == ERROR]
+        assert rc == (1 if errors else 0), run.describe()
+        assert len(events) == hangups, run.describe()
+        if trace:
+            assert sw.disconnect_trace_counts(window, "mon0") == \
+                {"disconnects": hangups, "locked": 0}
+        mon0, label, kind = plain_gdb(build, daemon.pid, f"output (unsigned long){MON0}",
+                                      f"output {MON0}->label",
+                                      f"output ((Object *){MON0})->class->type->name")
+        assert label.endswith('"mon0"') and kind.endswith('"chardev-socket"')
+        for event in events:
+            assert event["chardev"] == {"label": "mon0", "address": f"0x{int(mon0):x}"}
+            assert event["lwp"] == io_lwp                  # the monitor I/O thread
+            assert event["field"] == "state"
+            assert (event["old"], event["new"]) == ("connected", "disconnected")
+            functions = stack_functions(event["stack"])
+            assert functions[0] == "tcp_chr_change_state"
+            assert "tcp_chr_free_connection" in functions and "tcp_chr_disconnect" in functions
+            if event["kind"] == ERROR:
+                assert event["writer_lwp"] == daemon.pid and event["writer_stack"]
+            else:
+                assert event["kind"] == WARNING and event["writer_lwp"] is None
+        assert [e["id"] for e in events] == list(range(1, hangups + 1))
+        summary = run.summary
+        assert summary["reason"] == "stop requested"
+        assert summary["counters"]["teardowns"] == hangups
+        assert summary["counters"]["locked_teardowns"] == 0
+        assert "detached from process" in run.stdout()
+        assert_left_running(daemon, sock)
+
+
+def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
+    """Ground truth in a separate run: plain gdb with a dprintf on tcp_chr_free_connection."""
+    build = qemu_reverted
+    hangups = 20
+    with qsd(build, workdir / "a") as (daemon, sock):
+        truth = sw.dprintf_teardowns(build.storage_daemon, daemon.pid,
+                                     lambda: sw.hangup_loop(sock, hangups, 0))
+    assert truth["mon0"]["unlocked"] == hangups and truth["mon0"]["locked"] == 0
+    with qsd(build, workdir / "b") as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid, "--quiet"], workdir=workdir / "c") as run:
+            run.wait_watching()
+            sw.hangup_loop(sock, hangups, 0)
+            time.sleep(0.5)
+            run.interrupt()
+    assert len(run.events()) == truth["mon0"]["unlocked"]
+    assert "WARNING" not in run.stdout()                      # --quiet: errors only
+
+
+def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workdir):
+    """Some clients hang up while responses are being written.  Each connection is torn down
+    once: by the main thread in tcp_chr_write with the lock (write error), or without it by
+    the I/O thread - a warning, or an error if the main thread held the lock meanwhile.  A
+    vulnerable QEMU may also crash here (the race striking): then the crash is reported."""
+    build = qemu_reverted
+    trace = has_chr_trace(build)
+    with qsd(build, workdir, trace=trace) as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid, "--quiet"], workdir=workdir / "c") as run:
+            run.wait_watching()
+            before = len(daemon.stderr_text())
+            counts = sw.hangup_loop(sock, 30, 10)
+            time.sleep(0.5)
+            window = daemon.stderr_text()[before:]
+            rc = run.wait(60) if counts.refused else run.interrupt()
+        events = run.events()
+        summary = run.summary
+        crashed = [e for e in events if e["kind"] == "crash"]
+        judged = len(events) - len(crashed) + summary["counters"]["locked_teardowns"]
+        if crashed:
+            assert counts.refused and rc == 1, run.describe()
+            assert summary["reason"].startswith("the process crashed"), summary["reason"]
+            assert judged + 1 >= counts.total, run.describe()
+        else:
+            assert judged == counts.total, run.describe()
+            assert rc == (1 if summary["errors"] else 0)
+        if trace:
+            t = sw.disconnect_trace_counts(window, "mon0")
+            # write-path teardowns need a write error first; the rest came without the lock
+            assert summary["counters"]["locked_teardowns"] <= t["locked"]
+            assert len(events) >= min(counts.total, t["disconnects"]) - t["locked"] - 1
+        for event in events:
+            if event["kind"] == ERROR:
+                assert event["writer_lwp"] == daemon.pid
+                assert {"qemu_chr_write_buffer", "tcp_chr_write"} & \
+                    set(stack_functions(event["writer_stack"])), event
+        if not crashed:
+            assert_left_running(daemon, sock)
+
+
+# --- fixed build: never a report -----------------------------------------------------------------
+
+def test_fixed_no_report_with_hangups_and_hotplug(qemu, workdir):
+    build = qemu
+    trace = has_chr_trace(build)
+    hotplug_sock = workdir / "hp0.sock"
+    with qsd(build, workdir, trace=trace) as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c") as run:
+            run.wait_watching()
+            before = len(daemon.stderr_text())
+            counts = sw.hangup_loop(sock, 20, 10)
+            with contextlib.closing(qmp(sock)) as client:
+                add_socket_chardev(client, "hp0", hotplug_sock)
+                hang_up_on(hotplug_sock, 5)
+                client.execute("chardev-remove", {"id": "hp0"})
+            time.sleep(0.5)
+            window = daemon.stderr_text()[before:]
+            rc = run.interrupt()
+        assert rc == 0, run.describe()
+        assert run.events() == [] and "ERROR" not in run.stdout() \
+            and "WARNING" not in run.stdout()
+        c = run.summary["counters"]
+        # every teardown was seen and judged fine: mon0's hang-ups, the QMP client used for
+        # chardev-add, and hp0's five
+        assert c["teardowns"] == c["locked_teardowns"] == counts.total + 1 + 5, c
+        assert (c["created"], c["finalized"]) == (1, 1)
+        assert c["warnings"] == c["errors"] == 0
+        assert "new chardev 'hp0'" in run.stdout()
+        if trace:
+            t = sw.disconnect_trace_counts(window, "mon0")
+            assert t["disconnects"] >= counts.total + 1
+            assert sw.disconnect_trace_counts(window, "hp0")["disconnects"] == 5
+        assert [row["label"] for row in run.summary["coverage"]] == ["mon0"]
+        assert_left_running(daemon, sock)
+
+
+def test_fixed_test_char_passes_under_the_catcher(qemu, workdir):
+    with sw.CatcherRun(["--", qemu.test_char], workdir=workdir) as run:
+        rc = run.wait(600)
+    out = run.stdout()
+    assert rc == 0, run.describe()
+    assert run.summary["exit_status"] == 0
+    plan = re.search(r"^1\.\.(\d+)$", out, re.M)
+    assert plan and len(re.findall(r"^ok \d+", out, re.M)) == int(plan.group(1))
+    assert not re.search(r"^not ok", out, re.M)
+    assert run.events() == []
+    c = run.summary["counters"]
+    assert c["teardowns"] == c["locked_teardowns"] > 0
+    assert c["created"] == c["finalized"] > 0
+
+
+def test_reverted_test_char_reports_what_fixed_does_with_the_lock(qemu, qemu_reverted, workdir):
+    if qemu.version != qemu_reverted.version:
+        pytest.skip("pairs one version with itself")
+    runs = {}
+    for variant, build in (("fixed", qemu), ("reverted", qemu_reverted)):
+        with sw.CatcherRun(["--quiet", "--", build.test_char], workdir=workdir / variant) as run:
+            run.wait(600)
+        runs[variant] = run
+    fixed, reverted = runs["fixed"], runs["reverted"]
+    assert reverted.summary["exit_status"] == 0
+    events = reverted.events()
+    assert len(events) == fixed.summary["counters"]["locked_teardowns"] > 0
+    assert all(e["kind"] == WARNING for e in events)
+    assert reverted.returncode == 0
+
+
+# --- budget, fallback, hot-plug on the reverted build --------------------------------------------
+
+def test_budget_four_registers_then_breakpoint_fallback(qemu_reverted, workdir):
+    build = qemu_reverted
+    servers = [f"s{i}" for i in range(1, 6)]
+    extra = []
+    for label in servers:
+        extra += ["--chardev", f"socket,id={label},path={workdir / label}.sock,"
+                               "server=on,wait=off"]
+    with qsd(build, workdir, *extra) as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid, "--quiet"], workdir=workdir / "c") as run:
+            run.wait_watching()
+            table = run.stdout()
+            for label in servers:
+                hang_up_on(workdir / f"{label}.sock", 2)
+            sw.hangup_loop(sock, 2, 0)
+            time.sleep(0.5)
+            rc = run.interrupt()
+    assert rc == 0, run.describe()
+    coverage = {row["label"]: row for row in run.summary["coverage"]}
+    watched = [l for l, row in coverage.items() if row["watched"]]
+    assert watched == ["mon0", "s1", "s2", "s3"]
+    assert all(coverage[l]["registers"] == 1 for l in watched)
+    assert [l for l, row in coverage.items() if row["fallback"]] == ["s4", "s5"]
+    for label in ("s4", "s5"):
+        assert re.search(rf"^{label}\s.*no debug register left: breakpoint on "
+                         r"tcp_chr_free_connection", table, re.M), table
+    assert "0 of 4 debug register(s) free" in table
+    per_label = {}
+    for event in run.events():
+        per_label.setdefault(event["chardev"]["label"], []).append(event)
+    assert sorted(per_label) == ["mon0", *servers]
+    for label, events in per_label.items():
+        assert len(events) == 2, (label, events)
+        assert {e["field"] for e in events} == ({"teardown"} if label in ("s4", "s5")
+                                                else {"state"})
+        assert all(e["kind"] == WARNING for e in events)
+
+
+def test_hotplugged_chardev_without_register_is_announced_and_caught(qemu_reverted, workdir):
+    build = qemu_reverted
+    hotplug_sock = workdir / "hp0.sock"
+    with qsd(build, workdir) as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid, "--max-debug-registers", "1"],
+                           workdir=workdir / "c") as run:
+            run.wait_watching()
+            with contextlib.closing(qmp(sock)) as client:
+                add_socket_chardev(client, "hp0", hotplug_sock)
+                hang_up_on(hotplug_sock, 3)
+                client.execute("chardev-remove", {"id": "hp0"})
+            sw.hangup_loop(sock, 2, 0)
+            time.sleep(0.5)
+            rc = run.interrupt()
+    assert rc == 0, run.describe()
+    out = run.stdout()
+    assert re.search(r"new chardev 'hp0' \(0x[0-9a-f]+\): no debug register left, covered by "
+                     r"the breakpoint on tcp_chr_free_connection", out), out
+    by_label = {}
+    for event in run.events():
+        by_label.setdefault(event["chardev"]["label"], []).append(event)
+    assert len(by_label["hp0"]) == 3 and {e["field"] for e in by_label["hp0"]} == {"teardown"}
+    # mon0: the QMP client that added hp0, then two hang-ups; nothing for hp0's removal
+    assert len(by_label["mon0"]) == 3 and {e["field"] for e in by_label["mon0"]} == {"state"}
+    c = run.summary["counters"]
+    assert (c["created"], c["finalized"], c["finalizations"]) == (1, 1, 0)
+
+
+# --- --stop, --core-dir: the error, with the writer really in flight -------------------------------
+
+SELECT_IOTHREAD = ("python [t.switch() for t in gdb.selected_inferior().threads() "
+                   "if 'iothread_run' in gdb.execute('thread apply %d bt' % t.num, "
+                   "to_string=True)]")
+
+
+def test_stop_leaves_gdb_at_the_scene_and_writes_a_core(qemu_reverted, workdir):
+    """The main thread is held in tcp_chr_write (chr_write_lock held) by a breakpoint; with
+    scheduler-locking only the monitor I/O thread runs when the client hangs up."""
+    build = qemu_reverted
+    cores = workdir / "cores"
+    cores.mkdir()
+    log = workdir / "events.jsonl"
+    with qsd(build, workdir) as (daemon, sock):
+        io_lwp = sw.iothread_lwp(build.storage_daemon, daemon.pid)
+        client = qmp(sock)
+        commands = ["delete", SELECT_IOTHREAD, "set scheduler-locking on",
+                    f"qemu watch-disconnect mon0 --stop --duration 60 --json-log {log} "
+                    f"--core-dir {cores}",
+                    "bt 6", "info threads", "qemu watch-disconnect --status --json",
+                    "qemu watch-disconnect --off", "set scheduler-locking off", "detach"]
+        gdb = support.GdbProcess(build.storage_daemon, pid=daemon.pid, commands=commands,
+                                 setup=["break tcp_chr_write", "continue"])
+        try:
+            gdb.wait_for_marker("pre2", "BEGIN")       # "continue" after sourcing, break
+            procs.wait_until(lambda: not procs.is_trace_stopped(daemon.pid), 30,
+                             what="gdb to resume")
+            client.send("query-version")
+            procs.wait_until(lambda: "tcp_chr_write" in gdb.stdout_so_far(), 30,
+                             what="the main thread to stop in tcp_chr_write")
+            procs.wait_until(lambda: "qemu watch-disconnect: watching" in gdb.stdout_so_far(),
+                             60, what="the watch to be armed")
+            time.sleep(1.0)
+            client.close()                               # the hang-up
+            result = gdb.finish(120)
+        finally:
+            gdb.kill()
+        watch_out, bt, threads, status = result.outputs[3:7]
+        assert "ERROR disconnect-during-write" in watch_out, result.describe()
+        assert "stopped at the scene" in watch_out
+        frames = bt.splitlines()
+        assert "tcp_chr_change_state" in frames[0] and "tcp_chr_free_connection" in bt
+        assert re.search(rf"^\*\s+\d+\s+Thread 0x[0-9a-f]+ \(LWP {io_lwp}\)", threads, re.M)
+        assert re.search(rf"\(LWP {daemon.pid}\).* tcp_chr_write ", threads)
+        status = json.loads(status)
+        assert status["armed"] and status["at_scene"] and status["errors"] == 1
+        assert "disarmed" in result.outputs[7]
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(events) == 1
+        event = events[0]
+        assert event["kind"] == ERROR and event["chardev"]["label"] == "mon0"
+        assert (event["lwp"], event["writer_lwp"]) == (io_lwp, daemon.pid)
+        assert stack_functions(event["writer_stack"])[0] == "tcp_chr_write"
+        assert stack_functions(event["stack"])[:2] == ["tcp_chr_change_state",
+                                                       "tcp_chr_free_connection"]
+        assert event["lock"]["owner_lwp"] == daemon.pid
+        core = Path(event["core"])
+        assert core.parent == cores and core.stat().st_size > 0
+        # the core, read by plain gdb: the lock held by the main thread, mon0 disconnected
+        owner, state, ioc, label = support.run_gdb(
+            build.storage_daemon, core=core, extension=False, commands=[
+                f"output {MON0}->chr_write_lock.lock.__data.__owner",
+                f"output ((SocketChardev *){MON0})->state",
+                f"output (unsigned long)((SocketChardev *){MON0})->ioc",
+                f"output {MON0}->label"]).check().outputs
+        assert int(owner) == daemon.pid
+        assert state == "TCP_CHARDEV_STATE_DISCONNECTED" and int(ioc) == 0
+        assert label.endswith('"mon0"')
+        assert_left_running(daemon, sock)
+
+
+# --- the command inside gdb ----------------------------------------------------------------------
+
+def test_command_arms_reports_status_and_disarms(qemu, workdir):
+    with qsd(qemu, workdir, "--chardev",
+             f"socket,id=s1,path={workdir}/s1.sock,server=on,wait=off") as (daemon, sock):
+        result = support.run_gdb(qemu.storage_daemon, pid=daemon.pid, commands=[
+            "qemu watch-disconnect --arm-only --max-debug-registers 1",
+            "qemu watch-disconnect --status --json",
+            "maint info breakpoints",
+            "qemu watch-disconnect --off",
+            "maint info breakpoints",
+            "qemu watch-disconnect nosuch --arm-only",
+            "qemu watch-disconnect --off",
+            "qemu watch-disconnect --fields bogus"])
+        armed = result.outputs[0]
+        assert "0 of 1 debug register(s) free" in armed
+        status = json.loads(result.outputs[1])
+        assert status["armed"] and status["complete"]
+        rows = {r["label"]: r for r in status["coverage"]}
+        assert rows["mon0"]["watched"] == ["state"] and rows["s1"]["fallback"]
+        before, after = result.outputs[2], result.outputs[4]
+        assert "hw watchpoint" in before and "tcp_chr_free_connection" in before
+        assert "qmp_chardev_open_socket" in before and "char_socket_finalize" in before
+        for what in ("hw watchpoint", "tcp_chr_free_connection", "qmp_chardev_open_socket",
+                     "char_socket_finalize"):
+            assert what not in after
+        assert "no chardev 'nosuch' yet" in result.outputs[5]
+        assert "--fields" in result.errors[7] and "Traceback" not in result.stderr
+        assert "Fatal signal" not in result.stderr
+    with qsd(qemu, workdir / "x") as (daemon, sock):
+        # gdb leaves while armed: no crash, and the process runs on clean
+        result = support.run_gdb(qemu.storage_daemon, pid=daemon.pid,
+                                 commands=["qemu watch-disconnect --arm-only"])
+        assert result.returncode == 0 and "Fatal signal" not in result.stderr
+        assert_left_running(daemon, sock)
+
+
+def test_command_refuses_a_core(qemu, workdir):
+    with qsd(qemu, workdir) as (daemon, sock):
+        core = support.gcore(daemon.pid, workdir / "q.core", binary=qemu.storage_daemon)
+    result = support.run_gdb(qemu.storage_daemon, core=core,
+                             commands=["qemu watch-disconnect --arm-only"])
+    assert "needs a live process" in result.errors[0]
+    assert "Traceback" not in result.stderr
+
+
+# --- the script: exits, detaches, refuses bad input ------------------------------------------------
+
+def test_script_survives_its_parent_dying(qemu_reverted, workdir):
+    """SIGKILL of the script: gdb sees its control pipe close, disarms and detaches."""
+    with qsd(qemu_reverted, workdir) as (daemon, sock):
+        run = sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c")
+        run.wait_watching()
+        sw.hangup_loop(sock, 3, 0)
+        run.proc.send_signal(signal.SIGKILL)
+        run.wait(30)
+        procs.wait_until(lambda: procs.tracer_pid(daemon.pid) == 0, 30,
+                         what="gdb to detach")
+        assert_left_running(daemon, sock)
+
+
+def test_script_bad_input_exits_2(qemu, workdir):
+    script = str(sw.SCRIPT)
+
+    def catch(*args):
+        return subprocess.run([script, *map(str, args)], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    done = catch("--pid", "999999999")
+    assert done.returncode == 2 and "no such process" in done.stderr
+    done = catch("--", "/nonexistent/qemu")
+    assert done.returncode == 2 and "command not found" in done.stderr
+    done = catch("--duration", "5")
+    assert done.returncode == 2 and "either --pid" in done.stderr
+    done = catch("--pid", "1", "--", "x")
+    assert done.returncode == 2
+    sleeper = procs.register(subprocess.Popen(["sleep", "300"], start_new_session=True))
+    try:
+        # not a QEMU: gdb attaches, the watch cannot arm, gdb detaches, sleep runs on
+        done = catch("--pid", sleeper.pid, "--duration", "5")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "no QEMU debug info" in done.stdout + done.stderr
+        assert procs.process_exists(sleeper.pid) and procs.tracer_pid(sleeper.pid) == 0
+        # already traced by another debugger
+        other = support.GdbProcess(pid=sleeper.pid, extension=False, commands=["continue"])
+        try:
+            procs.wait_until(lambda: procs.tracer_pid(sleeper.pid) != 0, 30,
+                             what="gdb to attach")
+            done = catch("--pid", sleeper.pid)
+            assert done.returncode == 2 and "already traced" in done.stderr
+        finally:
+            other.kill()
+    finally:
+        procs.kill_and_reap(sleeper)
+    # a command that is not QEMU, started by the script: killed, not left running
+    done = catch("--duration", "5", "--", "/bin/sleep", "300")
+    assert done.returncode == 2
+    killed = re.search(r"killed process (\d+)", done.stdout)
+    assert killed, done.stdout
+    assert not procs.process_exists(int(killed.group(1)))
