@@ -35,11 +35,7 @@ def census_text(census, colour=False, show_all=False):
         reasons = ", ".join(f"{why} {n}" for why, n in sorted(census.rejected.items()))
         lines.append(f"  {rejected} candidate(s) rejected as not GSources ({reasons})")
     if total:
-        rows = []
-        for g in census.groups():
-            rows.append([g["funcs"], g["callback"], g["name"],
-                         *[g[state] or "" for state in GROUP_COLUMNS], g["total"]])
-        lines += ["", table(["FUNCS", "CALLBACK", "NAME", *GROUP_HEADERS, "TOTAL"], rows)]
+        lines += ["", groups_table(census.groups())]
     leaked = sorted(census.leaked(), key=lambda r: r.address)
     if leaked:
         lines += ["", paint(f"Leaked ({len(leaked)}):", "red", colour)]
@@ -52,6 +48,28 @@ def census_text(census, colour=False, show_all=False):
         lines += ["", "Every source:", source_table(census.records, colour)]
     found = census.findings()
     lines += ["", findings_text(found, colour) if found else "No GSource findings."]
+    return "\n".join(lines)
+
+
+def groups_table(groups):
+    """Sources grouped by funcs, callback and name, one column per state."""
+    rows = [[g["funcs"], g["callback"], g["name"],
+             *[g[state] or "" for state in GROUP_COLUMNS], g["total"]] for g in groups]
+    return table(["FUNCS", "CALLBACK", "NAME", *GROUP_HEADERS, "TOTAL"], rows)
+
+
+def census_section_text(section, colour=False):
+    """The census as a section of a `qemu diagnose` / post-mortem report (from its JSON)."""
+    counts = section.get("counts") or {}
+    head = (f"GSource census: {_mib(section.get('bytes_scanned') or 0)} of writable memory in "
+            f"{section.get('regions_scanned')} regions, {section.get('seconds')} s; "
+            + ", ".join(f"{state} {counts.get(state, 0)}" for state in ca.STATES))
+    lines = [head]
+    if section.get("groups"):
+        lines.append(groups_table(section["groups"]))
+    leaked = section.get("leaked") or []
+    if leaked:
+        lines.append(paint(f"leaked ({len(leaked)}): " + " ".join(leaked), "red", colour))
     return "\n".join(lines)
 
 

@@ -189,7 +189,10 @@ def _finding_lines(finding, colour):
     return lines
 
 
-def _section_lines(name, section):
+def _section_lines(name, section, colour=False):
+    if name == "gsource_census" and isinstance(section, dict) and "counts" in section:
+        from .render_gsource import census_section_text
+        return ["  " + line for line in census_section_text(section, colour).splitlines()]
     lines = [f"  {name}:"]
     if isinstance(section, dict):
         for key, value in section.items():
@@ -233,7 +236,7 @@ def text(report, colour=False, show_problems=True):
         out.append("")
         out.append(render.paint("More", "bold", colour))
         for name, section in sections.items():
-            out += _section_lines(name, section)
+            out += _section_lines(name, section, colour)
     out.append("")
     out.append(render.paint("Findings", "bold", colour))
     found = report.get("findings") or []
