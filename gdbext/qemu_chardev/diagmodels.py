@@ -2,13 +2,12 @@
 
 The readers (``crash.py``, ``report.py``) fill these from the target; ``findings.py`` draws
 conclusions from them; ``report_render.py`` prints the report they end up in.  Frames only
-need the attributes of ``Frame`` below, so the readers' ``snapshot.FrameInfo`` objects are
-accepted wherever a ``Frame`` is.
+are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .models import ptr
+from .models import Frame, ptr  # noqa: F401  (Frame is part of this module's API)
 
 REPORT_SCHEMA = "qemu-chardev-report/1"
 SEVERITIES = ("error", "warning", "info")
@@ -120,28 +119,6 @@ def frame_roles(frame):
 
 
 # --- models ------------------------------------------------------------------------------
-
-@dataclass
-class Frame:
-    """One stack frame (the attributes ``snapshot.FrameInfo`` has too)."""
-    level: int
-    function: Optional[str]
-    file: Optional[str] = None
-    line: Optional[int] = None
-    pointers: list = field(default_factory=list)    # [(name, pointee type, address)]
-    pc: int = 0
-    is_qemu: bool = True
-
-    @property
-    def location(self):
-        return f"{self.file}:{self.line}" if self.file else None
-
-    def pointer(self, *names):
-        for name, _type, value in self.pointers:
-            if name in names:
-                return value
-        return None
-
 
 def frame_json(frame, source=None):
     """A frame in the report: level, pc, function, file, line, source, roles, pointers."""

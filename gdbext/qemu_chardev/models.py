@@ -13,6 +13,33 @@ def ptr(value):
 
 
 @dataclass
+class Frame:
+    """One stack frame, copied out of gdb (gdb.Frame objects do not survive thread switches)."""
+    level: int
+    function: Optional[str]
+    file: Optional[str] = None
+    line: Optional[int] = None
+    pointers: list = field(default_factory=list)    # [(name, pointee type, address)]
+    pc: int = 0
+    is_qemu: bool = True
+
+    @property
+    def location(self):
+        return f"{self.file}:{self.line}" if self.file else None
+
+    def pointer(self, *names):
+        for name, _type, value in self.pointers:
+            if name in names:
+                return value
+        return None
+
+    def to_json(self):
+        return {"level": self.level, "pc": ptr(self.pc), "function": self.function,
+                "file": self.file, "line": self.line,
+                "pointers": {name: ptr(v) for name, _t, v in self.pointers}}
+
+
+@dataclass
 class ThreadRef:
     """A thread as a user knows it: kernel LWP, gdb thread number, where it is."""
     lwp: Optional[int]

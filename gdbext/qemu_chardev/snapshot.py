@@ -10,7 +10,7 @@ import os
 
 import gdb
 
-from .models import ThreadRef
+from .models import Frame, ThreadRef
 from .target import Memory
 
 STACK_DEPTH_LIMIT = 48
@@ -20,36 +20,6 @@ INTERESTING_POINTEE = {
     "Chardev", "SocketChardev", "QIOTask", "QemuMutex", "QemuRecMutex", "GSource",
     "_GSource", "QIOChannel", "QIOChannelSocket", "MonitorQMP", "Monitor",
 }
-
-
-class FrameInfo:
-    """What one stack frame says, copied out of gdb (gdb.Frame objects do not survive switches)."""
-
-    __slots__ = ("level", "pc", "function", "file", "line", "is_qemu", "pointers")
-
-    def __init__(self, level, pc, function, file, line, is_qemu, pointers):
-        self.level = level
-        self.pc = pc
-        self.function = function
-        self.file = file
-        self.line = line
-        self.is_qemu = is_qemu
-        self.pointers = pointers      # list of (name, pointee type name, address)
-
-    @property
-    def location(self):
-        return f"{self.file}:{self.line}" if self.file else None
-
-    def pointer(self, *names):
-        for name, _type, value in self.pointers:
-            if name in names:
-                return value
-        return None
-
-    def to_json(self):
-        return {"level": self.level, "pc": f"0x{self.pc:x}", "function": self.function,
-                "file": self.file, "line": self.line,
-                "pointers": {name: (f"0x{v:x}" if v else None) for name, _t, v in self.pointers}}
 
 
 def short_path(filename):
@@ -152,7 +122,7 @@ class Snapshot:
         return self._threads
 
     def stack(self, lwp, depth=STACK_DEPTH_LIMIT):
-        """[FrameInfo] of a thread, newest first (unwound once, then cached)."""
+        """[models.Frame] of a thread, newest first (unwound once, then cached)."""
         cached = self._stacks.get(lwp)
         if cached is not None:
             return cached
@@ -189,9 +159,9 @@ class Snapshot:
         is_qemu = symtab is not None and frame.function() is not None \
             and _in_main_executable(symtab)
         pointers = _frame_pointers(frame) if is_qemu else []
-        return FrameInfo(level, frame.pc(), name,
-                         short_path(symtab.filename) if symtab else None,
-                         sal.line if symtab else None, is_qemu, pointers)
+        return Frame(level=level, pc=frame.pc(), function=name,
+                     file=short_path(symtab.filename) if symtab else None,
+                     line=sal.line if symtab else None, is_qemu=is_qemu, pointers=pointers)
 
     def thread_ref(self, lwp):
         """ThreadRef for an LWP: gdb number, name, innermost QEMU frame (unwinds that thread)."""
