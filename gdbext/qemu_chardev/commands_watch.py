@@ -84,6 +84,7 @@ When the watch ends otherwise, every breakpoint and watchpoint it set is deleted
             if session is None:
                 return f"{watch_render.PREFIX}: nothing armed", envelope(snap, armed=False)
             session.disarm()
+            session.reason = session.reason or "disarmed (--off)"
             summary = session.summary()
             return (f"{watch_render.PREFIX}: disarmed.\n" + watch_render.summary_line(summary),
                     envelope(snap, **summary))
@@ -103,14 +104,16 @@ When the watch ends otherwise, every breakpoint and watchpoint it set is deleted
                 max_registers=args.max_debug_registers, quiet=args.quiet, colour=args.colour,
                 summary_path=args.summary)
             session.arm()
-            gdb.write(self._status_text(session, args) + "\n")
+            if not args.json:
+                gdb.write(self._status_text(session, args) + "\n")
         elif args.labels or args.json_log or args.core_dir:
             raise QcgError("a watch is already armed: 'qemu watch-disconnect --off' first "
                            "(or run 'qemu watch-disconnect' alone to resume it)")
         else:
             session.stop_on_error = session.stop_on_error or args.stop
             session.summary_path = args.summary or session.summary_path
-            gdb.write(f"{watch_render.PREFIX}: resuming\n")
+            if not args.json:
+                gdb.write(f"{watch_render.PREFIX}: resuming\n")
         if args.arm_only:
             session.write_summary()
             return "", envelope(snap, **session.summary())

@@ -76,7 +76,7 @@ def _lwp(thread):
 
 
 def _current_stack(depth=48):
-    """FrameInfo list of the selected thread, newest first, without switching threads."""
+    """models.Frame list of the selected thread, newest first, without switching threads."""
     frames = []
     try:
         frame = gdb.newest_frame()
@@ -241,8 +241,11 @@ class WatchSession:
         self.internal_errors = []
         self._fallback_announced = set()
         self.final_coverage = []
+        self.stop_calls = 0           # stop() callbacks run, and the time they took
+        self.stop_seconds = 0.0
         self.reason = None
         self.at_scene = False
+        self.keep_armed = False
         self.exited = None
         self.gone = False
         self.running = False
@@ -267,6 +270,7 @@ class WatchSession:
 
     def guarded(self, func, *args):
         """Run a stop() handler; an exception is recorded, never raised into gdb."""
+        started = time.perf_counter()
         try:
             return bool(func(*args))
         except Exception as exc:  # noqa: BLE001 - a stop() must never raise
@@ -276,6 +280,9 @@ class WatchSession:
                 self.internal_errors.append(message)
                 self.say(f"{watch_render.PREFIX}: {message}")
             return False
+        finally:
+            self.stop_calls += 1
+            self.stop_seconds += time.perf_counter() - started
 
     # --- arming ---------------------------------------------------------------------------
 
@@ -300,14 +307,14 @@ class WatchSession:
         self.layout = layout
         self.lock_offset = layout.field("parent.chr_write_lock").offset
         self.label_offset = layout.field("parent.label").offset
+        if self.core_dir and not os.path.isdir(self.core_dir):
+            raise QcgError(f"--core-dir {self.core_dir}: not a directory")
+        found = self._existing_socket_chardevs()
         if self.json_log_path:
             try:
                 self._log = open(self.json_log_path, "a", encoding="utf-8")
             except OSError as exc:
                 raise QcgError(f"cannot open --json-log {self.json_log_path}: {exc}") from None
-        if self.core_dir and not os.path.isdir(self.core_dir):
-            raise QcgError(f"--core-dir {self.core_dir}: not a directory")
-        found = self._existing_socket_chardevs()
         _session = self
         try:
             for role, function, handler in (
@@ -524,8 +531,10 @@ class WatchSession:
         state_now, ioc_now = view.get("state"), view.get("ioc")
         teardown = wa.is_teardown(field_name, old, new, state_now=state_now, ioc_now=ioc_now)
         lock = read_mutex(snap, tracked.lock_address, with_owner=False)
-        names = _current_function_names() if teardown else []
-        in_final = wa.in_finalizer(names)
+        # Unwinding costs most of a stop(): only when it can change the verdict (a teardown
+        # not done by the lock owner, which might be char_socket_finalize).
+        in_final = teardown and lock.owner_lwp != lwp and \
+            wa.in_finalizer(_current_function_names())
         outcome, verdict = wa.assess(field_name, old, new, lwp, lock.locked, lock.owner_lwp,
                                      in_finalizer=in_final, state_now=state_now,
                                      ioc_now=ioc_now, ioc_watched="ioc" in tracked.fields)
@@ -663,6 +672,7 @@ class WatchSession:
         another stop, or (with --stop) the first error.  Returns the reason it ended."""
         self.reason = None
         self.at_scene = False
+        self.keep_armed = False
         stops = []
 
         def on_stop(event):
@@ -703,10 +713,11 @@ class WatchSession:
             _restore_signals(saved)
             _set_parameter("suppress-cli-notifications", notifications)
         self.interrupt_pending = self.interrupter.sent and not self.interrupter.seen
-        if self.exited is not None:
+        if self.exited is not None or gdb.selected_inferior().pid == 0:
             self.disarm()
-        elif self.at_scene:
-            self.say(f"{watch_render.PREFIX}: stopped at the scene; the watch is still armed: "
+        elif self.at_scene or self.keep_armed:
+            where = "stopped at the scene" if self.at_scene else f"paused ({self.reason})"
+            self.say(f"{watch_render.PREFIX}: {where}; the watch is still armed: "
                      "'qemu watch-disconnect' resumes it, 'qemu watch-disconnect --off' "
                      "disarms it")
             try:
@@ -742,15 +753,15 @@ class WatchSession:
                     self.crash_event(name)
                     self.at_scene = True
                     return f"the process crashed ({name})"
-                self.at_scene = True
+                self.keep_armed = True
                 return f"the process got {name}"
             if isinstance(event, gdb.BreakpointEvent) and not _ours(self, event):
-                self.at_scene = True
+                self.keep_armed = True
                 return "stopped at a breakpoint that is not ours"
         if not stops:
             return "the process stopped"
         if not any(isinstance(s, gdb.BreakpointEvent) for s in stops):
-            self.at_scene = True
+            self.keep_armed = True
             return "the process stopped"
         return None
 
@@ -778,10 +789,13 @@ class WatchSession:
         disarming once the process is gone or gdb exits.  (gdb also reports a detach as an
         exit event; nothing is deleted from inside that event, only at the next prompt.)"""
         def on_stop(_event):
-            if self.running:
+            # Outside `run()` (after --arm-only or --stop, the user typed `continue`): our
+            # rare-path breakpoints stop for real; do their work now, while stopped, and say
+            # why gdb stopped.  (gdb has finished with the stop's breakpoints at this point.)
+            if self.running or not self.armed:
                 return
             if self.pending_new or self.pending_finalize or self.pending_errors:
-                gdb.post_event(lambda: self.guarded(self._idle_housekeeping))
+                self.guarded(self._idle_housekeeping)
 
         def on_exit(event):
             if not self.running:
@@ -808,8 +822,14 @@ class WatchSession:
             self._handlers.append((registry, handler))
 
     def _idle_housekeeping(self):
-        if self.armed:
-            self.housekeeping()
+        what = [f"{len(self.pending_new)} new chardev(s)"] if self.pending_new else []
+        if self.pending_finalize:
+            what.append(f"{len(self.pending_finalize)} finalized chardev(s)")
+        errors = self.housekeeping()
+        if errors:
+            what.append(f"error [{errors[0].id}]")
+        self.say(f"{watch_render.PREFIX}: stopped for {' and '.join(what)} while armed "
+                 "outside the watch loop; 'qemu watch-disconnect' resumes watching")
         return False
 
     def _disconnect_handlers(self):
@@ -832,6 +852,7 @@ class WatchSession:
             "json_log": self.json_log_path, "notes": self.notes,
             "internal_errors": self.internal_errors,
             "interrupt_pending": self.interrupt_pending,
+            "stop_calls": self.stop_calls, "stop_seconds": round(self.stop_seconds, 6),
             "events": [e.to_json() for e in self.events],
         }
 

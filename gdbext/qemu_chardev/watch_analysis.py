@@ -210,7 +210,7 @@ class WatchEvent:
     writer_lwp: Optional[int] = None
     writer_thread: Optional[int] = None
     lock: Optional[dict] = None
-    stack: list = field(default_factory=list)           # [FrameInfo.to_json()]
+    stack: list = field(default_factory=list)           # [models.Frame.to_json()]
     writer_stack: list = field(default_factory=list)
     signal: Optional[str] = None
     core: Optional[str] = None

@@ -4,6 +4,7 @@ from .watch_analysis import SEVERITY
 
 PREFIX = "qemu watch-disconnect"
 STACK_LINES = 8
+BRIEF_STACK_LINES = 3
 
 
 def coverage_table(rows, colour=False):
@@ -52,8 +53,8 @@ def event_block(event, colour=False, brief=False):
         lines.append(f"  crashing thread {who}, signal {event.get('signal')}:")
     else:
         lines.append(f"  disconnecting thread {who}:")
-    if not brief or severity == "error":
-        lines += stack_lines(event.get("stack") or [])
+    lines += stack_lines(event.get("stack") or [],
+                         limit=BRIEF_STACK_LINES if brief and severity != "error" else STACK_LINES)
     if event.get("writer_lwp") is not None:
         writer = f"LWP {event['writer_lwp']}"
         if event.get("writer_thread") is not None:
