@@ -223,8 +223,8 @@ def test_fixed_no_report_with_hangups_and_hotplug(qemu, workdir):
 
 
 def test_fixed_test_char_passes_under_the_catcher(qemu, workdir):
-    with sw.CatcherRun(["--", qemu.test_char], workdir=workdir) as run:
-        rc = run.wait(600)
+    with sw.CatcherRun(["--", qemu.test_char], workdir=workdir, cwd=workdir) as run:
+        rc = run.wait(300)
     out = run.stdout()
     assert rc == 0, run.describe()
     assert run.summary["exit_status"] == 0
@@ -242,8 +242,9 @@ def test_reverted_test_char_reports_what_fixed_does_with_the_lock(qemu, qemu_rev
         pytest.skip("pairs one version with itself")
     runs = {}
     for variant, build in (("fixed", qemu), ("reverted", qemu_reverted)):
-        with sw.CatcherRun(["--quiet", "--", build.test_char], workdir=workdir / variant) as run:
-            run.wait(600)
+        with sw.CatcherRun(["--quiet", "--", build.test_char], workdir=workdir / variant,
+                           cwd=workdir) as run:
+            run.wait(300)
         runs[variant] = run
     fixed, reverted = runs["fixed"], runs["reverted"]
     assert reverted.summary["exit_status"] == 0
@@ -405,7 +406,10 @@ def test_command_arms_reports_status_and_disarms(qemu, workdir):
             "maint info breakpoints",
             "qemu watch-disconnect nosuch --arm-only",
             "qemu watch-disconnect --off",
-            "qemu watch-disconnect --fields bogus"])
+            "qemu watch-disconnect --fields bogus",
+            "qemu watch-disconnect --arm-only --quiet",
+            "qemu watch-disconnect --duration 1 --json",
+            "qemu watch-disconnect --status"])
         armed = result.outputs[0]
         assert "0 of 1 debug register(s) free" in armed
         status = json.loads(result.outputs[1])
@@ -420,6 +424,12 @@ def test_command_arms_reports_status_and_disarms(qemu, workdir):
             assert what not in after
         assert "no chardev 'nosuch' yet" in result.outputs[5]
         assert "--fields" in result.errors[7] and "Traceback" not in result.stderr
+        # armed at [8], run by [9]: gdb's own "received signal SIGINT" line may come first
+        text = result.outputs[9]
+        resumed = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
+        assert resumed["reason"] == "duration elapsed" and not resumed["armed"]
+        assert resumed["events"] == [] and resumed["counters"]["teardowns"] == 0
+        assert "nothing armed" in result.outputs[10]
         assert "Fatal signal" not in result.stderr
     with qsd(qemu, workdir / "x") as (daemon, sock):
         # gdb leaves while armed: no crash, and the process runs on clean
@@ -492,3 +502,20 @@ def test_script_bad_input_exits_2(qemu, workdir):
     killed = re.search(r"killed process (\d+)", done.stdout)
     assert killed, done.stdout
     assert not procs.process_exists(int(killed.group(1)))
+
+
+def test_no_hardware_watchpoints_falls_back_visibly(qemu_reverted, workdir):
+    """With `set can-use-hw-watchpoints 0` gdb would single-step a software watchpoint: the
+    watch refuses that, says so, and covers the chardev with the breakpoint instead."""
+    with qsd(qemu_reverted, workdir) as (daemon, sock):
+        result = support.run_gdb(qemu_reverted.storage_daemon, pid=daemon.pid, commands=[
+            "set can-use-hw-watchpoints 0",
+            "qemu watch-disconnect --arm-only",
+            "qemu watch-disconnect --status --json",
+            "qemu watch-disconnect --off"])
+        text = result.outputs[1]
+        assert re.search(r"^mon0\s.*breakpoint on tcp_chr_free_connection", text, re.M), text
+        assert "gdb gave no hardware watchpoint" in text
+        status = json.loads(result.outputs[2])
+        assert status["coverage"][0]["fallback"] and status["coverage"][0]["watched"] == []
+        assert_left_running(daemon, sock)

@@ -145,10 +145,12 @@ class CatcherRun:
 
     stdout/stderr go to files; the summary (the script's --summary-json) is read after exit.
     Leaving the context sends SIGINT (the script's Ctrl-C path) if it still runs.
+    CWD is where a launched program runs: QEMU's test-char creates "test-char.sock" in its
+    current directory, so two test-char runs sharing one directory disturb each other.
     """
 
     def __init__(self, args: Sequence[str], json_log=None, workdir=None,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, cwd=None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="qcg-catch-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.json_log = Path(json_log) if json_log else self.workdir / "events.jsonl"
@@ -159,7 +161,7 @@ class CatcherRun:
                      "--summary-json", str(self.summary_path), *map(str, args)]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = procs.register(subprocess.Popen(
-                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
                 start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})}))
         self.returncode = None
 
