@@ -6,7 +6,6 @@ the fields of a written core), the kernel (/proc: tracer, pids) and test-char's 
 """
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -321,7 +320,7 @@ def test_hotplugged_chardev_without_register_is_announced_and_caught(qemu_revert
     assert (c["created"], c["finalized"], c["finalizations"]) == (1, 1, 0)
 
 
-# --- --stop, --core-dir: the error, with the writer really in flight -------------------------------
+# --- --stop, --core-dir: the error, with the writer really in flight -----------------------------
 
 SELECT_IOTHREAD = ("python [t.switch() for t in gdb.selected_inferior().threads() "
                    "if 'iothread_run' in gdb.execute('thread apply %d bt' % t.num, "
@@ -448,7 +447,7 @@ def test_command_refuses_a_core(qemu, workdir):
     assert "Traceback" not in result.stderr
 
 
-# --- the script: exits, detaches, refuses bad input ------------------------------------------------
+# --- the script: exits, detaches, refuses bad input ----------------------------------------------
 
 def test_script_survives_its_parent_dying(qemu_reverted, workdir):
     """SIGKILL of the script: gdb sees its control pipe close, disarms and detaches."""
