@@ -95,7 +95,7 @@ def _cli0(churn):
 def test_trace_shows_reconnect_timer_refcount_history(qemu, workdir):
     args = gs.reconnect_churn_args(workdir, qemu.storage_daemon)
     with support.QemuDaemon(qemu.storage_daemon, args, workdir) as daemon:
-        daemon.wait_for_stderr("^" + gs.ATTACH_TRACE + " ", count=2, timeout=15)
+        daemon.wait_for_stderr(support.trace_event_re(gs.ATTACH_TRACE), count=2, timeout=15)
         for _attempt in range(5):
             result = support.run_gdb(qemu.storage_daemon, pid=daemon.pid, commands=[
                 SET_CLI0, f"output {RECONNECT_TIMER}->ref_count",
@@ -126,7 +126,7 @@ def test_trace_stops_when_a_leaked_source_gains_a_reference(qemu_reverted, workd
     g_source_iter_next() takes a temporary reference on it: a destroyed source gaining one."""
     args = gs.reconnect_churn_args(workdir, qemu_reverted.storage_daemon)
     with support.QemuDaemon(qemu_reverted.storage_daemon, args, workdir) as daemon:
-        daemon.wait_for_stderr("^" + gs.ATTACH_TRACE + " ", count=2, timeout=15)
+        daemon.wait_for_stderr(support.trace_event_re(gs.ATTACH_TRACE), count=2, timeout=15)
         leaked = gs.attach_events(daemon.stderr_text())[0][1]    # dispatched a second ago
         result = support.run_gdb(qemu_reverted.storage_daemon, pid=daemon.pid, commands=[
             f"output ((GSource *){leaked:#x})->ref_count",
@@ -164,7 +164,7 @@ def test_census_reports_chardev_pointing_at_freed_source(qemu, workdir):
                   "f = [r.address for r in c.records if r.state == 'freed']; "
                   "gdb.set_convenience_variable('freed', f[0] if f else 0)")
     with support.QemuDaemon(qemu.storage_daemon, args, workdir) as daemon:
-        daemon.wait_for_stderr("^" + gs.ATTACH_TRACE + " ", count=4, timeout=20)
+        daemon.wait_for_stderr(support.trace_event_re(gs.ATTACH_TRACE), count=4, timeout=20)
         result = support.run_gdb(qemu.storage_daemon, pid=daemon.pid, commands=[
             SET_CLI0, pick_freed, "output (long)$freed",
             "output ((GSource *)$freed)->ref_count",

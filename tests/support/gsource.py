@@ -115,7 +115,7 @@ def reconnect_churn_core(binary, workdir, seconds: float = 6.0,
     and its memory describe the same moment, read the trace events, then gcore and kill it."""
     workdir = Path(workdir)
     with qsd.QemuDaemon(binary, reconnect_churn_args(workdir, binary), workdir) as daemon:
-        daemon.wait_for_stderr("^" + ATTACH_TRACE + " ", count=min_events,
+        daemon.wait_for_stderr(qsd.trace_event_re(ATTACH_TRACE), count=min_events,
                                timeout=seconds + 10.0)
         remaining = seconds - 1.0 * min_events
         if remaining > 0:
