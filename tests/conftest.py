@@ -54,6 +54,13 @@ def qemu_reverted(request) -> support.QemuBuild:
     return _require_build(request.param, "reverted")
 
 
+@pytest.fixture(scope="session", params=support.versions_under_test(),
+                ids=lambda v: f"qemu{v}-pair")
+def qemu_pair(request) -> tuple:
+    """(fixed, reverted) builds of each QEMU version under test."""
+    return (_require_build(request.param, "fixed"), _require_build(request.param, "reverted"))
+
+
 def _short_tempdir(prefix: str) -> Path:
     """A fresh directory under /tmp with a short path (unix socket paths must fit 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

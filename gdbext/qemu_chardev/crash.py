@@ -97,29 +97,10 @@ def _read_source_line(fullname, line):
     return None
 
 
-def source_lines(snap, lwp, depth):
-    """{frame level: source text of the frame's line} for one thread (files on disk)."""
-    thread = snap.threads().get(lwp)
-    out = {}
-    if thread is None or not thread.is_valid():
-        return out
-    with preserved_selection():
-        thread.switch()
-        try:
-            frame = gdb.newest_frame()
-        except gdb.error:
-            return out
-        level = 0
-        while frame is not None and level < depth:
-            try:
-                sal = frame.find_sal()
-                if sal is not None and sal.symtab is not None and sal.line:
-                    out[level] = _read_source_line(sal.symtab.fullname(), sal.line)
-                frame = frame.older()
-            except (gdb.error, RuntimeError):
-                break
-            level += 1
-    return out
+def source_lines(frames):
+    """{frame level: source text of the frame's line} (read from the files on disk)."""
+    return {f.level: _read_source_line(f.fullname, f.line)
+            for f in frames if f.fullname and f.line}
 
 
 def crash_json(snap, crash):
@@ -127,7 +108,7 @@ def crash_json(snap, crash):
     if crash is None:
         return None
     frames = snap.stack(crash.lwp)
-    sources = source_lines(snap, crash.lwp, len(frames))
+    sources = source_lines(frames)
     return {
         "signal": crash.signal, "signal_name": crash.signal_name,
         "code": crash.code, "code_name": si_code_name(crash.signal, crash.code),

@@ -22,6 +22,7 @@ class Frame:
     pointers: list = field(default_factory=list)    # [(name, pointee type, address)]
     pc: int = 0
     is_qemu: bool = True
+    fullname: Optional[str] = None                  # the source file's path on this machine
 
     @property
     def location(self):

@@ -95,6 +95,50 @@ def _in_main_executable(symtab):
     return main is not None and objfile.filename == main
 
 
+def walk_frames(depth=STACK_DEPTH_LIMIT):
+    """(level, gdb.Frame) of the selected thread, newest first, at most ``depth`` of them."""
+    try:
+        frame = gdb.newest_frame()
+    except gdb.error:
+        return
+    level = 0
+    while frame is not None and level < depth:
+        yield level, frame
+        try:
+            frame = frame.older()
+        except gdb.error:
+            return
+        level += 1
+
+
+def frame_model(level, frame):
+    """A models.Frame copied out of a gdb.Frame (valid only until the next thread switch)."""
+    try:
+        name = frame.name()
+    except gdb.error:
+        name = None
+    sal = frame.find_sal()
+    symtab = sal.symtab if sal is not None else None
+    is_qemu = symtab is not None and frame.function() is not None \
+        and _in_main_executable(symtab)
+    pointers = _frame_pointers(frame) if is_qemu else []
+    return Frame(level=level, pc=frame.pc(), function=name,
+                 file=short_path(symtab.filename) if symtab else None,
+                 line=sal.line if symtab else None, is_qemu=is_qemu, pointers=pointers,
+                 fullname=symtab.fullname() if symtab else None)
+
+
+def selected_thread_stack(depth=STACK_DEPTH_LIMIT):
+    """[models.Frame] of the selected thread, newest first, without switching threads."""
+    frames = []
+    for level, frame in walk_frames(depth):
+        try:
+            frames.append(frame_model(level, frame))
+        except gdb.error:
+            break
+    return frames
+
+
 class Snapshot:
     """Per-command state: memory cache, threads, stacks, QOM type-name cache, problems."""
 
@@ -122,46 +166,18 @@ class Snapshot:
         return self._threads
 
     def stack(self, lwp, depth=STACK_DEPTH_LIMIT):
-        """[models.Frame] of a thread, newest first (unwound once, then cached)."""
+        """[models.Frame] of a thread, newest first (unwound once to this depth, then cached)."""
         cached = self._stacks.get(lwp)
-        if cached is not None:
-            return cached
+        if cached is not None and (cached[0] >= depth or len(cached[1]) < cached[0]):
+            return cached[1][:depth]
         thread = self.threads().get(lwp)
         frames = []
-        if thread is None or not thread.is_valid():
-            self._stacks[lwp] = frames
-            return frames
-        with preserved_selection():
-            thread.switch()
-            try:
-                frame = gdb.newest_frame()
-            except gdb.error:
-                frame = None
-            level = 0
-            while frame is not None and level < depth:
-                frames.append(self._frame_info(level, frame))
-                try:
-                    frame = frame.older()
-                except gdb.error:
-                    break
-                level += 1
-        self._stacks[lwp] = frames
+        if thread is not None and thread.is_valid():
+            with preserved_selection():
+                thread.switch()
+                frames = selected_thread_stack(depth)
+        self._stacks[lwp] = (depth, frames)
         return frames
-
-    @staticmethod
-    def _frame_info(level, frame):
-        try:
-            name = frame.name()
-        except gdb.error:
-            name = None
-        sal = frame.find_sal()
-        symtab = sal.symtab if sal is not None else None
-        is_qemu = symtab is not None and frame.function() is not None \
-            and _in_main_executable(symtab)
-        pointers = _frame_pointers(frame) if is_qemu else []
-        return Frame(level=level, pc=frame.pc(), function=name,
-                     file=short_path(symtab.filename) if symtab else None,
-                     line=sal.line if symtab else None, is_qemu=is_qemu, pointers=pointers)
 
     def thread_ref(self, lwp):
         """ThreadRef for an LWP: gdb number, name, innermost QEMU frame (unwinds that thread)."""

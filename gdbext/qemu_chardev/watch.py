@@ -44,7 +44,7 @@ from .chardev import SOCKET_TYPE, socket_layout
 from .errors import QcgError
 from .mutex import read_mutex
 from .render import to_json_text
-from .snapshot import Snapshot
+from .snapshot import Snapshot, selected_thread_stack, walk_frames
 
 CREATE_FUNCTION = "qmp_chardev_open_socket"
 FINALIZE_FUNCTION = "char_socket_finalize"
@@ -75,31 +75,11 @@ def _lwp(thread):
     return (thread.ptid[1] or thread.ptid[2]) if thread is not None else None
 
 
-def _current_stack(depth=48):
-    """models.Frame list of the selected thread, newest first, without switching threads."""
-    frames = []
-    try:
-        frame = gdb.newest_frame()
-    except gdb.error:
-        return frames
-    level = 0
-    while frame is not None and level < depth:
-        try:
-            frames.append(Snapshot._frame_info(level, frame))
-            frame = frame.older()
-        except gdb.error:
-            break
-        level += 1
-    return frames
-
-
 def _current_function_names(depth=FINALIZER_SCAN_DEPTH):
     names = []
     try:
-        frame = gdb.newest_frame()
-        while frame is not None and len(names) < depth:
+        for _level, frame in walk_frames(depth):
             names.append(frame.name())
-            frame = frame.older()
     except gdb.error:
         pass
     return names
@@ -547,7 +527,7 @@ class WatchSession:
             field_name=field_name, old=old, new=new, lwp=lwp,
             thread=thread.num if thread else None, thread_name=thread.name if thread else None,
             writer_lwp=verdict.writer_lwp, lock=lock.to_json(), time=time.time(),
-            stack=[f.to_json() for f in _current_stack()], problems=list(lock.problems))
+            stack=[f.to_json() for f in selected_thread_stack()], problems=list(lock.problems))
         if field_name == wa.TEARDOWN:
             event.old = None
         if verdict.severity == "error":
@@ -648,7 +628,7 @@ class WatchSession:
 
     def crash_event(self, signal_name):
         thread = gdb.selected_thread()
-        stack = _current_stack()
+        stack = selected_thread_stack()
         label = address = None
         for frame in stack:
             chardev = frame.pointer("chr", "s")
