@@ -192,25 +192,10 @@ class CoreReader:
         """(address, buffer, first, length): ``buffer[first:first + length]`` holds the bytes
         at ``address``; pieces of at most ``window`` bytes cover the region's file contents.
         One buffer is reused (read with preadv), so memory stays bounded by ``window``."""
-        if self._buf is None or len(self._buf) < window + LEAD:
-            self._buf = bytearray(window + LEAD)
-        view = memoryview(self._buf)
-        fd = self._file.fileno()
-        done = 0
-        try:
-            while done < region.size:
-                length = min(window, region.size - done)
-                try:
-                    got = os.preadv(fd, [view[LEAD:LEAD + length]], region.offset + done)
-                except OSError as exc:
-                    raise ScanError(f"cannot read {self.path}: {exc.strerror}") from None
-                if got <= 0:
-                    self.missing += region.size - done
-                    return
-                yield region.start + done, self._buf, LEAD, got
-                done += got
-        finally:
-            view.release()
+        def unreadable(exc):
+            raise ScanError(f"cannot read {self.path}: {exc.strerror}") from None
+        yield from _windows(self, self._file.fileno(), region.offset, region.start, region.size,
+                            window, unreadable)
 
     def read(self, address, size):
         """``size`` bytes at ``address`` if the core file holds them all, else None."""
@@ -223,6 +208,33 @@ class CoreReader:
         self._file.seek(r.offset + address - r.start)
         data = self._file.read(size)
         return data if len(data) == size else None
+
+
+def _windows(reader, fd, file_offset, address, size, window, on_error):
+    """The reading loop of ``CoreReader.windows`` / ``ProcReader.windows``.
+
+    Reads ``size`` bytes of ``fd`` from ``file_offset`` into ``reader._buf`` (reused) and
+    yields (address, buffer, LEAD, length) per piece; a short read adds the rest to
+    ``reader.missing``; ``on_error(OSError)`` returns the count to use or raises.
+    """
+    if reader._buf is None or len(reader._buf) < window + LEAD:
+        reader._buf = bytearray(window + LEAD)
+    view = memoryview(reader._buf)
+    done = 0
+    try:
+        while done < size:
+            length = min(window, size - done)
+            try:
+                got = os.preadv(fd, [view[LEAD:LEAD + length]], file_offset + done)
+            except OSError as exc:
+                got = on_error(exc)
+            if got <= 0:
+                reader.missing += size - done
+                return
+            yield address + done, reader._buf, LEAD, got
+            done += got
+    finally:
+        view.release()
 
 
 class ProcReader:
@@ -246,24 +258,8 @@ class ProcReader:
 
     def windows(self, region, window=WINDOW):
         """Like ``CoreReader.windows``; one reused buffer, so at most ``window`` bytes held."""
-        if self._buf is None or len(self._buf) < window + LEAD:
-            self._buf = bytearray(window + LEAD)
-        view = memoryview(self._buf)
-        done = 0
-        try:
-            while done < region.length:
-                length = min(window, region.length - done)
-                try:
-                    got = os.preadv(self._fd, [view[LEAD:LEAD + length]], region.start + done)
-                except OSError:
-                    got = 0
-                if got <= 0:
-                    self.missing += region.length - done
-                    return
-                yield region.start + done, self._buf, LEAD, got
-                done += got
-        finally:
-            view.release()
+        yield from _windows(self, self._fd, region.start, region.start, region.length, window,
+                            lambda _exc: 0)
 
     def read(self, address, size):
         try:
