@@ -330,32 +330,28 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "args": vars(args),
            "accuracy": {}, "fixed": {}, "speed": {}, "test_char": {}, "helgrind": {}}
     print(f"{out['date']}, {out['machine']}\n")
-    if "accuracy" in args.parts:
-        print("| QEMU (reverted) | hang-ups | catcher reports | catcher: locked teardowns | "
-              "reports + locked | trace: disconnects (same run) | dprintf: unlocked teardowns "
-              "(separate run) | exit | ended |\n|---|---|---|---|---|---|---|---|---|")
-        for version in args.versions:
-            accuracy(version, args, out)
-        print()
-    if "fixed" in args.parts:
-        print("| QEMU (fixed) | hang-ups | reports | teardowns seen | trace: disconnects | "
-              "exit | QMP answers after |\n|---|---|---|---|---|---|---|")
-        for version in args.versions:
-            fixed(version, args, out)
-        print()
-    if "speed" in args.parts:
-        print("| QEMU (fixed) | connections x commands | baseline | gdb attached | gdb + plain "
-              "hw watchpoint | catcher | helgrind | drd | catcher stop() calls (time) |\n"
-              "|---|---|---|---|---|---|---|---|---|")
-        for version in args.versions:
-            speed(version, args, out)
-        print()
-    if "test-char" in args.parts:
-        print("| QEMU | variant | test-char exit | TAP | reports | teardowns seen | "
-              "chardevs created | catcher exit | time |\n|---|---|---|---|---|---|---|---|---|")
-        for version in args.versions:
-            test_char(version, args, out)
-        print()
+    sections = (
+        ("accuracy", accuracy,
+         "| QEMU (reverted) | hang-ups | catcher reports | catcher: locked teardowns | "
+         "reports + locked | trace: disconnects (same run) | dprintf: unlocked teardowns "
+         "(separate run) | exit | ended |\n|---|---|---|---|---|---|---|---|---|"),
+        ("fixed", fixed,
+         "| QEMU (fixed) | hang-ups | reports | teardowns seen | trace: disconnects | "
+         "exit | QMP answers after |\n|---|---|---|---|---|---|---|"),
+        ("speed", speed,
+         "| QEMU (fixed) | connections x commands | baseline | gdb attached | gdb + plain "
+         "hw watchpoint | catcher | helgrind | drd | catcher stop() calls (time) |\n"
+         "|---|---|---|---|---|---|---|---|---|"),
+        ("test-char", test_char,
+         "| QEMU | variant | test-char exit | TAP | reports | teardowns seen | "
+         "chardevs created | catcher exit | time |\n|---|---|---|---|---|---|---|---|---|"),
+    )
+    for part, measure, header in sections:
+        if part in args.parts:
+            print(header)
+            for version in args.versions:
+                measure(version, args, out)
+            print()
     if "helgrind" in args.parts and not args.no_valgrind:
         print("| QEMU | variant | hang-ups under Helgrind | race reports | reports naming the "
               "disconnect path |\n|---|---|---|---|---|")

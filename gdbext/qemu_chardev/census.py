@@ -425,14 +425,9 @@ def _iowatch_owners(snap, census, by_address):
 
 def _frame_owners(snap):
     """GSource pointers in QEMU stack frames: they keep a source from counting as leaked."""
-    out = []
-    for lwp in snap.threads():
-        for frame in snap.stack(lwp):
-            for name, pointee, value in frame.pointers:
-                if pointee in ("GSource", "_GSource") and value:
-                    out.append(ca.Owner(value, "frame", f"{frame.function}:{name} (LWP {lwp})",
-                                        lwp=lwp, check_freed=False))
-    return out
+    return [ca.Owner(value, "frame", f"{frame.function}:{name} (LWP {lwp})", lwp=lwp,
+                     check_freed=False)
+            for lwp, frame, name, value in snap.frame_pointers("GSource", "_GSource")]
 
 
 def _add_owned_unknowns(census, reader, offsets, is_mapped, enricher):

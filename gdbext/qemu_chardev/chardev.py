@@ -186,14 +186,9 @@ def find_chardevs(snap, deep=False, include_frames=True):
 
 def chardevs_in_frames(snap):
     """[(lwp, function, Chardev address)] of chardev pointers in QEMU frames (validated)."""
-    out = []
-    for lwp in snap.threads():
-        for frame in snap.stack(lwp):
-            for _name, pointee, value in frame.pointers:
-                if pointee in ("Chardev", "SocketChardev") and value \
-                        and qom.is_a(snap, value, "chardev"):
-                    out.append((lwp, frame.function, value))
-    return out
+    return [(lwp, frame.function, value)
+            for lwp, frame, _name, value in snap.frame_pointers("Chardev", "SocketChardev")
+            if qom.is_a(snap, value, "chardev")]
 
 
 def resolve_chardev(snap, spec):

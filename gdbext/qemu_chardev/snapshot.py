@@ -179,6 +179,15 @@ class Snapshot:
         self._stacks[lwp] = (depth, frames)
         return frames
 
+    def frame_pointers(self, *pointees):
+        """(lwp, frame, name, address) of every non-NULL frame argument or local pointing at
+        one of ``pointees`` (e.g. "Chardev", "SocketChardev"), in every thread's stack."""
+        for lwp in self.threads():
+            for frame in self.stack(lwp):
+                for name, pointee, value in frame.pointers:
+                    if value and pointee in pointees:
+                        yield lwp, frame, name, value
+
     def thread_ref(self, lwp):
         """ThreadRef for an LWP: gdb number, name, innermost QEMU frame (unwinds that thread)."""
         if lwp in self._refs:
