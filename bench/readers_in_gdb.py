@@ -2,7 +2,7 @@
 
 Measures, in one gdb run, the cost of reading every chardev's socket fields and lock:
   * baseline: the same fields through typed gdb.Value accesses (what a gdb one-liner does);
-  * ours: one read_memory per structure, decoded with struct (qemu_chardev.target.View).
+  * ours: one read_memory per structure, decoded with struct (qemu_chardev.target.memory.View).
 Prints one JSON line with both timings, their ratio and the read counts.
 """
 import json
@@ -10,8 +10,9 @@ import time
 
 import gdb
 
-from qemu_chardev import chardev, qom
-from qemu_chardev.snapshot import Snapshot
+from qemu_chardev.readers import chardev
+from qemu_chardev.readers import qom
+from qemu_chardev.target.snapshot import Snapshot
 
 FIELDS = ("ioc", "sioc", "listener", "state", "hup_source", "reconnect_timer", "connect_task",
           "is_listen", "telnet_source")

@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 def load():
     """Register commands and pretty-printers (called by gdbext/qemu-chardev-gdb.py)."""
-    from . import commands, printers, render
+    from qemu_chardev.commands import inspect as commands
+    from qemu_chardev.commands import printers
+    from qemu_chardev.render import base as render
     commands.register()
     printers.register()
     return render.MISSING_OPTIONAL

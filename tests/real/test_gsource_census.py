@@ -8,7 +8,7 @@ import pytest
 import support
 from support import gsource as gs
 
-SET_CLI0 = ("python from qemu_chardev import qom; from qemu_chardev.snapshot import Snapshot; "
+SET_CLI0 = ("python from qemu_chardev.readers import qom; from qemu_chardev.target.snapshot import Snapshot; "
             "gdb.set_convenience_variable('cli0', "
             "dict(qom.chardevs_in_tree(Snapshot()))['cli0'])")
 RECONNECT_TIMER = "((SocketChardev *)$cli0)->reconnect_timer"
@@ -158,8 +158,8 @@ def test_census_reports_chardev_pointing_at_freed_source(qemu, workdir):
     The daemon's memory is changed by plain gdb (`set var`) to create it; the extension only
     reads."""
     args = gs.reconnect_churn_args(workdir, qemu.storage_daemon)
-    pick_freed = ("python from qemu_chardev import census; "
-                  "from qemu_chardev.snapshot import Snapshot; "
+    pick_freed = ("python from qemu_chardev.readers import census; "
+                  "from qemu_chardev.target.snapshot import Snapshot; "
                   "c = census.take_census(Snapshot(), with_frames=False); "
                   "f = [r.address for r in c.records if r.state == 'freed']; "
                   "gdb.set_convenience_variable('freed', f[0] if f else 0)")

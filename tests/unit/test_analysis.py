@@ -1,7 +1,7 @@
 """Pure analysis: lock words, GSource flags and verdicts, lock cycles."""
 import pytest
 
-from qemu_chardev import analysis
+from qemu_chardev.analysis import locks as analysis
 
 
 def test_free_normal_mutex():

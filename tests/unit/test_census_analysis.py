@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from qemu_chardev import census_analysis as ca
-from qemu_chardev import render_gsource
+from qemu_chardev.analysis import census as ca
+from qemu_chardev.render import gsource as render_gsource
 
 IDLE = 0x7F0000001300
 TIMEOUT = 0x7F0000001380

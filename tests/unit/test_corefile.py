@@ -3,7 +3,7 @@ import struct
 
 import pytest
 
-from qemu_chardev import corefile
+from qemu_chardev.files import elf as corefile
 
 
 def note(ntype, name, desc):

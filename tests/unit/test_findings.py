@@ -1,10 +1,10 @@
 """Finding rules (pure): ioc-null-during-write, deadlock, write-lock-held, providers."""
 import pytest
 
-from qemu_chardev import findings
-from qemu_chardev.diagmodels import (CrashFacts, DiagnosisInput, DisconnectLocking, Finding,
+from qemu_chardev.analysis import findings
+from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking, Finding,
                                      Frame, ThreadFacts, frame_roles, si_code_name)
-from qemu_chardev.models import ChardevState, MutexState
+from qemu_chardev.model.objects import ChardevState, MutexState
 
 MON = 0x5555_0000_1000
 LOCK = MON + 0x28

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from qemu_chardev import ghash
-from qemu_chardev.errors import TargetReadError
+from qemu_chardev.model import ghash
+from qemu_chardev.model.errors import TargetReadError
 
 HEADER = 0x1000
 KEYS, HASHES, VALUES = 0x2000, 0x3000, 0x4000

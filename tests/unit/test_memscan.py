@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from qemu_chardev import memscan
+from qemu_chardev.files import memscan
 
 GLIB = 0x7F20E4566380
 GLIB2 = 0x7F20E4566300

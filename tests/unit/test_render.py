@@ -1,8 +1,8 @@
 """Rendering of models: tables, lock summaries, colour rules, JSON field names."""
 import json
 
-from qemu_chardev import render
-from qemu_chardev.models import ChardevState, GSourceState, MutexState, ThreadRef
+from qemu_chardev.render import base as render
+from qemu_chardev.model.objects import ChardevState, GSourceState, MutexState, ThreadRef
 
 
 def _socket(label="mon0", ioc=0x1000, state="connected", locked=False):

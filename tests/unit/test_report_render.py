@@ -7,10 +7,11 @@ import xml.etree.ElementTree as ET
 import jsonschema
 import pytest
 
-from qemu_chardev import findings, report_render
-from qemu_chardev.diagmodels import (CrashFacts, DiagnosisInput, DisconnectLocking, Frame,
+from qemu_chardev.analysis import findings
+from qemu_chardev.render import report as report_render
+from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking, Frame,
                                      ThreadFacts, display_path, frame_json)
-from qemu_chardev.models import ChardevState, MutexState
+from qemu_chardev.model.objects import ChardevState, MutexState
 
 SCHEMA = json.loads((pathlib.Path(__file__).resolve().parents[2] / "docs" /
                      "report-schema.json").read_text())

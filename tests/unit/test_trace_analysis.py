@@ -1,6 +1,6 @@
 """Pure refcount-trace analysis: when to stop, who took or dropped a reference, summary."""
-from qemu_chardev import render_gsource
-from qemu_chardev import trace_analysis as ta
+from qemu_chardev.render import gsource as render_gsource
+from qemu_chardev.analysis import trace as ta
 
 
 def ev(index, old, new, flags=1, frames=(), what="ref_count", qemu=None):

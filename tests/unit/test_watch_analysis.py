@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from qemu_chardev import watch_analysis as wa
-from qemu_chardev import watch_render
+from qemu_chardev.analysis import watch as wa
+from qemu_chardev.render import watch as watch_render
 
 CONNECTED, CONNECTING, DISCONNECTED = wa.STATE_CONNECTED, wa.STATE_CONNECTING, \
     wa.STATE_DISCONNECTED

@@ -1,0 +1,36 @@
+"""`qemu diagnose`: the one command that says what happened to a QEMU's chardevs."""
+from qemu_chardev.readers import report
+from qemu_chardev.render import report as report_render
+from qemu_chardev.commands.base import QcgCommand
+
+
+class DiagnoseCommand(QcgCommand):
+    """Diagnose a live QEMU or a core: the crash, every chardev and thread, and findings.
+
+Usage: qemu diagnose [--json] [--no-census]
+
+Reads, without changing anything: the crash (signal, crashing thread, its frames with the
+chardev / channel / task frames marked and their source lines), every chardev with its state,
+ioc/sioc and chr_write_lock owner, every thread and where it is (and which mutex it waits
+for), QIOTasks, and whether this binary's own tcp_chr_disconnect() takes chr_write_lock
+(read from its code).  Then it draws findings, each with an id, a severity, the chardev and
+thread concerned, a summary, an explanation and a fix:
+  ioc-null-during-write  (error)  a thread crashed or stopped writing through ioc=NULL
+  deadlock               (error)  threads wait on each other's mutexes, or on one they hold
+  write-lock-held        (info; warning when the owner is not in the write path)
+plus those of optional report sections: the GSource census (gsource-leak,
+gsource-use-after-free; a scan of writable memory, skipped with --no-census).
+--json prints the report object of schema "qemu-chardev-report/1" (docs/report-schema.json),
+as scripts/chardev-postmortem collects it."""
+    command = "qemu diagnose"
+
+    def build_parser(self, parser):
+        parser.add_argument("--json", action="store_true",
+                            help='print the "qemu-chardev-report/1" JSON object')
+        parser.add_argument("--no-census", action="store_true",
+                            help="skip the GSource census (a scan of writable memory)")
+
+    def run(self, args, snap):
+        obj = report.build_report(snap, ("gsource_census",) if args.no_census else ())
+        # The base class appends snap.problems under the text; do not list them twice.
+        return report_render.text(obj, args.colour, show_problems=False), obj

@@ -1,0 +1,118 @@
+"""`qemu gsource census` and `qemu gsource trace`: subcommands of the `qemu gsource` prefix."""
+import gdb
+
+from qemu_chardev.readers import census
+from qemu_chardev.readers import glib
+from qemu_chardev.render import gsource as render_gsource
+from qemu_chardev.commands.base import QcgCommand, envelope
+from qemu_chardev.model.errors import QcgError, TargetReadError
+from qemu_chardev.readers.gsource import read_gsource
+from qemu_chardev.live.trace import DEFAULT_DEPTH, DEFAULT_MAX_EVENTS, Tracer
+
+
+def _address(spec):
+    """A GSource address from an expression (a GSource*, a GSource lvalue or a number)."""
+    try:
+        value = gdb.parse_and_eval(spec)
+    except gdb.error as exc:
+        raise QcgError(f"cannot evaluate {spec!r}: {exc}") from None
+    vtype = value.type.strip_typedefs()
+    if vtype.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+        if value.address is None:
+            raise QcgError(f"{spec!r} is not an lvalue")
+        return int(value.address)
+    return int(value)
+
+
+class GSourceCensus(QcgCommand):
+    """Find every GSource in memory; count, classify and check them for leaks.
+
+Usage: qemu gsource census [--json] [--all] [--no-frames]
+
+Scans the writable memory of the core file or live process for GSource objects (anchored
+on the GSourceFuncs tables: GLib's g_idle_funcs, g_timeout_funcs, ... and QEMU's own),
+without GLib debug info, so unreachable (leaked) sources are found too.  Each source is
+classified: attached, dispatching, unattached, destroyed-referenced (destroyed, still
+referenced by a known owner), leaked (destroyed, still referenced, nothing known points at
+it), freed (ref_count 0).  Owners checked: chardev fields (gsource, hup_source,
+telnet_source, reconnect_timer), live QIOTasks' completion, listener sources, contexts'
+pending dispatches, parent sources, IOWatchPoll.src and GSource pointers in QEMU stack frames
+(--no-frames skips unwinding the threads).
+
+Findings: gsource-leak (e.g. one idle source per threaded QIOTask, the bug fixed by
+"main-loop: Fix GSource leak in qio_task_thread_worker()", QEMU 4.2) and
+gsource-use-after-free (a live structure pointing at a source that looks freed).
+--all lists every source; --json prints the census and the findings."""
+    command = "qemu gsource census"
+
+    def build_parser(self, parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--all", action="store_true", help="list every source found")
+        parser.add_argument("--no-frames", action="store_true",
+                            help="do not unwind threads to find GSource pointers in frames")
+
+    def run(self, args, snap):
+        result = census.take_census(snap, with_frames=not args.no_frames)
+        text = render_gsource.census_text(result, args.colour, show_all=args.all)
+        return text, envelope(snap, census=result.to_json(), findings=result.findings())
+
+
+class GSourceTrace(QcgCommand):
+    """Trace one GSource's reference count on a live process with hardware watchpoints.
+
+Usage: qemu gsource trace [--max-events N] [--timeout SECONDS] [--depth N] [--json] EXPR
+
+EXPR is a GSource* (e.g. 's->reconnect_timer', '((SocketChardev *)0x...)->hup_source', or an
+address).  Watchpoints on its ref_count and flags log every change with the thread and a
+short backtrace (who took and who dropped each reference); the process runs until the count
+reaches 0, a destroyed source gains a reference, N changes were seen (default 200), the
+timeout expires or you press Ctrl-C.  Then a summary table is printed and the watchpoints
+are removed.  Read-only: nothing is called in the inferior and nothing is written."""
+    command = "qemu gsource trace"
+
+    def build_parser(self, parser):
+        parser.add_argument("--json", action="store_true",
+                            help="print the history as JSON at the end")
+        parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS,
+                            metavar="N", help="stop after N changes")
+        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                            help="stop after SECONDS (interrupts the process)")
+        parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
+                            help="frames of backtrace per change")
+        parser.add_argument("spec", metavar="EXPR", nargs="+")
+
+    def run(self, args, snap):
+        inferior = gdb.selected_inferior()
+        connection = getattr(inferior, "connection", None)
+        if connection is not None and connection.type == "core":
+            raise QcgError("qemu gsource trace needs a live process, not a core file")
+        if args.max_events < 1 or args.depth < 1:
+            raise QcgError("--max-events and --depth must be at least 1")
+        spec = " ".join(args.spec)
+        address = _address(spec)
+        if not address:
+            raise QcgError(f"{spec!r} is NULL: no GSource to trace")
+        src = read_gsource(snap, address)
+        if src.verdict == "unreadable":
+            raise TargetReadError(f"GSource {spec!r}", address)
+        if src.verdict == "looks-freed":
+            raise QcgError(f"GSource {spec!r} at 0x{address:x} looks freed (ref_count "
+                           f"{src.ref_count}): nothing to trace")
+        layout = glib.gsource_layout()
+        tracer = Tracer(address, layout.field("ref_count").offset,
+                        layout.field("flags").offset, depth=args.depth,
+                        max_events=args.max_events, log=not args.json)
+        tracer.arm()
+        if not args.json:
+            gdb.write(f"Tracing GSource 0x{address:x} ({src.funcs_symbol or 'unknown funcs'}, "
+                      f"ref_count {tracer.start[0]}, flags 0x{tracer.start[1]:x}); "
+                      f"Ctrl-C to stop.\n")
+        reason = tracer.run(timeout=args.timeout, quiet=args.json)
+        text = render_gsource.trace_summary(address, tracer.start, tracer.events, reason,
+                                            args.colour)
+        return text, envelope(snap, gsource=f"0x{address:x}",
+                              start={"ref_count": tracer.start[0], "flags": tracer.start[1]},
+                              events=[e.to_json() for e in tracer.events], stopped=reason)
+
+
+COMMANDS = (GSourceCensus, GSourceTrace)

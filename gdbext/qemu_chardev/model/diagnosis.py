@@ -1,0 +1,253 @@
+"""Plain models of a diagnosis: frames, threads, the crash, findings (no gdb imports).
+
+The readers (``crash.py``, ``report.py``) fill these from the target; ``findings.py`` draws
+conclusions from them; ``report_render.py`` prints the report they end up in.  Frames only
+are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from qemu_chardev.model.objects import Frame, ptr  # noqa: F401  (Frame is part of this module's API)
+
+REPORT_SCHEMA = "qemu-chardev-report/1"
+SEVERITIES = ("error", "warning", "info")
+
+# Linux x86_64 signal numbers (asm-generic) for the signals a report can show.
+SIGNAL_NAMES = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT",
+    7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2",
+    13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 17: "SIGCHLD", 18: "SIGCONT",
+    19: "SIGSTOP", 20: "SIGTSTP", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS",
+}
+# Signals a program gets when it did something wrong (or aborted itself).  SIGSTOP/SIGTRAP in
+# a core mean a gcore snapshot or a debugger stop instead, SIGQUIT a core asked for.
+CRASH_SIGNALS = frozenset({4, 6, 7, 8, 11, 31})
+# si_code values of a fault (asm-generic/siginfo.h) and of user-sent signals.
+SI_CODES = {
+    11: {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 3: "SEGV_BNDERR", 4: "SEGV_PKUERR"},
+    7: {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR"},
+    4: {1: "ILL_ILLOPC", 2: "ILL_ILLOPN", 3: "ILL_ILLADR", 4: "ILL_ILLTRP",
+        5: "ILL_PRVOPC", 6: "ILL_PRVREG", 7: "ILL_COPROC", 8: "ILL_BADSTK"},
+    8: {1: "FPE_INTDIV", 2: "FPE_INTOVF", 3: "FPE_FLTDIV", 4: "FPE_FLTOVF",
+        5: "FPE_FLTUND", 6: "FPE_FLTRES", 7: "FPE_FLTINV", 8: "FPE_FLTSUB"},
+}
+GENERIC_SI_CODES = {0: "SI_USER", 0x80: "SI_KERNEL", -1: "SI_QUEUE", -6: "SI_TKILL"}
+# Signals whose siginfo carries a faulting address.
+FAULT_SIGNALS = frozenset({4, 7, 8, 11})
+
+
+def signal_name(signo):
+    if signo is None:
+        return None
+    return SIGNAL_NAMES.get(signo, f"signal {signo}")
+
+
+def si_code_name(signo, code):
+    if code is None:
+        return None
+    if code > 0 and code != 0x80:
+        name = SI_CODES.get(signo, {}).get(code)
+        if name:
+            return name
+    return GENERIC_SI_CODES.get(code, str(code))
+
+
+def is_crash_signal(signo):
+    return signo in CRASH_SIGNALS
+
+
+# --- frame classification ----------------------------------------------------------------
+
+# The socket chardev write path (what `ioc-null-during-write` looks for).
+WRITE_ENTRY = "tcp_chr_write"
+CHANNEL_WRITE_PREFIXES = ("qio_channel_writev", "qio_channel_write", "io_channel_send",
+                          "qio_channel_socket_writev")
+# Frames on the way into chr_write_lock (qemu_chr_write_buffer takes it in every version).
+WRITE_PATH_FUNCTIONS = frozenset({"qemu_chr_write_buffer", "qemu_chr_write", WRITE_ENTRY,
+                                  "qemu_chr_fe_write", "qemu_chr_fe_write_all"})
+# Functions that hold chr_write_lock by design besides the write path (QEMU 4.2+).
+LOCKED_DISCONNECT_FUNCTIONS = frozenset({"tcp_chr_disconnect", "tcp_chr_disconnect_locked",
+                                         "socket_reconnect_timeout"})
+# Functions that clear s->ioc (chardev/char-socket.c).
+DISCONNECT_FUNCTIONS = frozenset({"tcp_chr_disconnect", "tcp_chr_disconnect_locked",
+                                  "tcp_chr_free_connection", "char_socket_finalize"})
+LOCK_FUNCTIONS = frozenset({"qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl",
+                            "pthread_mutex_lock", "___pthread_mutex_lock", "__lll_lock_wait",
+                            "lll_mutex_lock_optimized", "futex_wait"})
+EVENT_FUNCTIONS = frozenset({"qemu_chr_be_event"})
+
+
+def display_path(path):
+    """A source path as shown to people: QEMU's headers as "include/...", not the absolute
+    path of the build machine's source tree."""
+    if path and path.startswith("/") and "/include/" in path:
+        return "include/" + path.rsplit("/include/", 1)[1]
+    return path
+
+
+def display_location(frame):
+    return f"{display_path(frame.file)}:{frame.line}" if frame.file else None
+
+
+def is_channel_write(function):
+    return bool(function) and function.startswith(CHANNEL_WRITE_PREFIXES)
+
+
+def in_write_path(function):
+    return function == WRITE_ENTRY or is_channel_write(function)
+
+
+def frame_roles(frame):
+    """What a frame is about: a subset of chardev, channel, task, lock, write-path."""
+    roles = []
+    function = frame.function or ""
+    file = frame.file or ""
+    types = {ptype for _name, ptype, _value in (frame.pointers or ())}
+    if file.startswith("chardev/") or types & {"Chardev", "SocketChardev"} \
+            or function.startswith(("qemu_chr_", "tcp_chr_")):
+        roles.append("chardev")
+    if file.startswith("io/channel") or types & {"QIOChannel", "QIOChannelSocket"} \
+            or function.startswith(("qio_channel", "io_channel")):
+        roles.append("channel")
+    if function.startswith("qio_task") or file == "io/task.c" or "QIOTask" in types:
+        roles.append("task")
+    if function in LOCK_FUNCTIONS:
+        roles.append("lock")
+    if function in WRITE_PATH_FUNCTIONS or is_channel_write(function):
+        roles.append("write-path")
+    return roles
+
+
+# --- models ------------------------------------------------------------------------------
+
+def frame_json(frame, source=None):
+    """A frame in the report: level, pc, function, file, line, source, roles, pointers."""
+    return {"level": frame.level, "pc": ptr(frame.pc) if frame.pc else None,
+            "function": frame.function, "file": frame.file, "line": frame.line,
+            "source": source, "roles": frame_roles(frame),
+            "pointers": {name: ptr(value) for name, _t, value in (frame.pointers or ())}}
+
+
+@dataclass
+class ThreadFacts:
+    """A thread as the analysis sees it: identity, stack (newest first), awaited mutex."""
+    lwp: int
+    num: Optional[int] = None
+    name: Optional[str] = None
+    frames: list = field(default_factory=list)
+    waiting_on: Optional[int] = None
+
+    def innermost_qemu_frame(self, skip_locking=False):
+        """The newest frame with QEMU debug info (with ``skip_locking``: the first one above
+        the lock functions, i.e. the code that wants the lock)."""
+        return next((f for f in self.frames if getattr(f, "is_qemu", True) and f.file
+                     and not (skip_locking and f.function in LOCK_FUNCTIONS)), None)
+
+    def describe(self, skip_locking=False):
+        who = f"thread {self.num} (LWP {self.lwp})" if self.num is not None \
+            else f"LWP {self.lwp}"
+        frame = self.innermost_qemu_frame(skip_locking)
+        if frame is not None and frame.function:
+            who += f" in {frame.function}"
+            if frame.file:
+                who += f" ({display_location(frame)})"
+        return who
+
+    def has_function(self, names):
+        return any(f.function in names for f in self.frames)
+
+
+@dataclass
+class CrashFacts:
+    """The signal that killed (or stopped) the process, and the thread that got it."""
+    signal: int
+    lwp: Optional[int] = None
+    thread: Optional[int] = None
+    code: Optional[int] = None
+    fault_address: Optional[int] = None
+    source: str = "siginfo"      # "siginfo" or "exitsignal" (core prstatus, no siginfo)
+
+    @property
+    def signal_name(self):
+        return signal_name(self.signal)
+
+    @property
+    def is_crash(self):
+        return is_crash_signal(self.signal)
+
+
+@dataclass
+class DisconnectLocking:
+    """Whether this binary's tcp_chr_disconnect() takes chr_write_lock (read from its code)."""
+    takes_lock: Optional[bool]
+    evidence: str
+    function: str = "tcp_chr_disconnect"
+    address: Optional[int] = None
+
+    def to_json(self):
+        return {"function": self.function, "address": ptr(self.address),
+                "takes_lock": self.takes_lock, "evidence": self.evidence}
+
+
+@dataclass
+class Finding:
+    """One conclusion: id, severity, what it concerns, and what to do."""
+    id: str
+    severity: str
+    summary: str
+    detail: str = ""
+    fix: Optional[str] = None
+    chardev: Optional[str] = None
+    lwp: Optional[int] = None
+    thread: Optional[int] = None
+    evidence: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+
+    def to_json(self):
+        return {"id": self.id, "severity": self.severity, "chardev": self.chardev,
+                "lwp": self.lwp, "thread": self.thread, "summary": self.summary,
+                "detail": self.detail, "fix": self.fix, "evidence": self.evidence}
+
+
+def finding_from(item):
+    """A Finding from a Finding or from a dict with the same keys (other modules' findings)."""
+    if isinstance(item, Finding):
+        return item
+    return Finding(item["id"], item["severity"], item.get("summary") or "",
+                   item.get("detail") or "", item.get("fix"), item.get("chardev"),
+                   item.get("lwp"), item.get("thread"), dict(item.get("evidence") or {}))
+
+
+@dataclass
+class DiagnosisInput:
+    """Everything the finding rules look at.
+
+    ``chardevs`` are ``models.ChardevState``; ``owner_of`` maps a mutex address to its owner
+    LWP for every awaited mutex; ``extra_findings`` come from readers that draw their own
+    conclusions from memory (e.g. a GSource census) and are merged into the result.
+    """
+    threads: List[ThreadFacts] = field(default_factory=list)
+    chardevs: list = field(default_factory=list)
+    crash: Optional[CrashFacts] = None
+    owner_of: Dict[int, int] = field(default_factory=dict)
+    mutex_symbols: Dict[int, str] = field(default_factory=dict)   # address -> "mutex_a"
+    disconnect_locking: Optional[DisconnectLocking] = None
+    tasks: list = field(default_factory=list)
+    extra_findings: List[Finding] = field(default_factory=list)
+
+    def thread(self, lwp):
+        return next((t for t in self.threads if t.lwp == lwp), None)
+
+    def chardev_at(self, address):
+        return next((c for c in self.chardevs if c.address == address), None)
+
+    def chardev_of_lock(self, mutex):
+        """The chardev whose chr_write_lock (or its pthread mutex) is at ``mutex``."""
+        for chardev in self.chardevs:
+            lock = chardev.write_lock
+            if lock is not None and lock.address == mutex:
+                return chardev
+        return None

@@ -1,0 +1,456 @@
+"""GSource census: every GSource in the target's writable memory, and who points at them.
+
+Leaked sources are unreachable by definition, so they are found by scanning memory rather
+than by walking structures: a GSource's ``source_funcs`` (offset 16) points at one of a few
+``GSourceFuncs`` tables, GLib's exported ones (``g_idle_funcs``, ...) and QEMU's own (from its
+symbol table).  Every 8-byte aligned word equal to such an anchor is a candidate, validated by
+``census_analysis.rejection``.  Only writable memory is scanned: libglib's read-only ``.got``
+also holds ``&g_idle_funcs``.
+
+Then the structures that own or borrow GSource pointers are read (chardev fields, live
+QIOTasks, contexts' pending dispatches, parents' child lists, IOWatchPoll.src, listener
+sources, QEMU stack frames), so that a destroyed source nobody points at is called leaked
+and a pointer to a freed source is called a use-after-free.
+
+Entry points: ``take_census(snap)`` -> ``Census``; ``findings(snap)`` -> finding dicts.
+"""
+import time
+
+import gdb
+
+from qemu_chardev.analysis import census as ca
+from qemu_chardev.readers import glib
+from qemu_chardev.files import memscan
+from qemu_chardev.readers import qom
+from qemu_chardev.target import memory as target
+from qemu_chardev.model.errors import QcgError, TargetReadError
+from qemu_chardev.target.memory import Layout
+
+GLIB_FUNCS = ("g_idle_funcs", "g_timeout_funcs", "g_child_watch_funcs", "g_unix_signal_funcs",
+              "g_unix_fd_source_funcs", "g_io_watch_funcs")
+QEMU_FUNCS = ("qio_channel_fd_source_funcs", "qio_channel_fd_pair_source_funcs",
+              "qio_channel_socket_source_funcs", "qio_channel_websock_source_funcs",
+              "qio_channel_buffer_source_funcs", "qio_channel_null_source_funcs",
+              "qio_channel_tls_source_funcs", "qio_channel_rdma_source_funcs",
+              "io_watch_poll_funcs", "fd_source_funcs", "SpiceCharSourceFuncs",
+              "aio_source_funcs")
+SOCKET_OWNED = ("hup_source", "telnet_source", "reconnect_timer")
+CHILD_LIMIT = 64
+PENDING_LIMIT = 1 << 16
+LISTENER_LIMIT = 1024
+NAME_LIMIT = 96
+# GMainContext (private): ref_count@48 and pending_dispatches@64 in every GLib 2.56-2.86;
+# GPtrArray {gpointer *pdata; guint len}; GSourcePrivate.child_sources@0 (GSList).
+CONTEXT_REF_OFFSET = 48
+CONTEXT_PENDING_OFFSET = 64
+GSLIST_NEXT_OFFSET = 8
+
+_anchor_cache = target.objfile_cache()
+
+
+def anchors():
+    """{address of a GSourceFuncs table: its name} for every table this target has."""
+    if "anchors" not in _anchor_cache:
+        found = {}
+        for name in GLIB_FUNCS + QEMU_FUNCS:
+            address = target.symbol_address(name)
+            if address:
+                found.setdefault(address, name)
+        _anchor_cache["anchors"] = found
+    return _anchor_cache["anchors"]
+
+
+def _core_path():
+    """The core file gdb has open, from `info target` (gdb 13 has no Python API for it)."""
+    text = gdb.execute("info target", to_string=True)
+    marker = "Local core dump file:"
+    at = text.find(marker)
+    if at < 0:
+        return None
+    rest = text[at + len(marker):]
+    start = rest.find("`")
+    end = rest.find("', file type")
+    if start < 0 or end < start:
+        return None
+    return rest[start + 1:end]
+
+
+def open_reader():
+    """A memscan reader for the selected inferior: its core file or its live process."""
+    inferior = gdb.selected_inferior()
+    connection = getattr(inferior, "connection", None)
+    kind = getattr(connection, "type", None) if connection is not None else None
+    if kind == "core" or (kind is None and _core_path()):
+        path = _core_path()
+        if not path:
+            raise QcgError("cannot find the core file's name in 'info target'")
+        return memscan.CoreReader(path), f"core {path}"
+    if kind == "native" and inferior.pid:
+        return memscan.ProcReader(inferior.pid), f"live process {inferior.pid}"
+    raise QcgError(f"the census needs a core file or a live local process (target: {kind})")
+
+
+def take_census(snap, with_frames=True, window=memscan.WINDOW):
+    """Scan memory for GSources, read their owners, classify them: a ``Census``."""
+    started = time.perf_counter()
+    table = anchors()
+    if not table:
+        raise QcgError("no GSourceFuncs table found (is GLib loaded? g_idle_funcs is unknown)")
+    try:
+        reader, source = open_reader()
+    except memscan.ScanError as exc:
+        raise QcgError(str(exc)) from None
+    census = ca.Census(anchors=dict(table), source=source)
+    offsets = _gsource_offsets()
+    try:
+        try:
+            hits, census.bytes_scanned = memscan.scan(reader, table,
+                                                      before=offsets["source_funcs"],
+                                                      span=ca.GSOURCE_SIZE, window=window)
+        except memscan.ScanError as exc:
+            raise QcgError(str(exc)) from None
+        census.regions_scanned = sum(1 for r in reader.regions if r.writable and
+                                     (r.size if reader.kind == "core" else r.length))
+        if reader.missing:
+            snap.note(f"{reader.missing} bytes of writable memory could not be read "
+                      f"(truncated core or unreadable mappings): the census may be short")
+        mapped = memscan.RegionMap(reader.regions, reader.extra_mapped)
+        is_mapped = mapped.__contains__
+        _decode_hits(census, reader, hits, offsets, is_mapped, table)
+        enricher = _Enricher(snap, reader, table)
+        for rec in census.records:
+            enricher.enrich(rec)
+        census.contexts = _context_labels(snap, census.records)
+        census.owners = _owners(snap, census, reader, offsets, with_frames)
+        _add_owned_unknowns(census, reader, offsets, is_mapped, enricher)
+    finally:
+        reader.close()
+    ca.classify(census.records, census.owners, _idle_funcs(table),
+                has_qio_task=target.symbol_address("qio_task_thread_worker") is not None)
+    census.uaf = ca.use_after_free(census.records, census.owners)
+    census.seconds = time.perf_counter() - started
+    return census
+
+
+def findings(snap, with_frames=True):
+    """The census's findings (gsource-leak, gsource-use-after-free) as finding dicts.
+
+    Each dict: {id, severity, chardev, lwp, thread, summary, detail, fix, evidence}, where
+    evidence holds the addresses ("sources", "contexts", "owner", "source").  Problems met on the
+    way are recorded in ``snap`` (the report is then incomplete).
+    """
+    return take_census(snap, with_frames=with_frames).findings()
+
+
+def census_and_findings(snap, with_frames=True):
+    """(Census, [finding dict]) in one scan, for callers that show both."""
+    census = take_census(snap, with_frames=with_frames)
+    return census, census.findings()
+
+
+def _idle_funcs(table):
+    return next((a for a, n in table.items() if n == "g_idle_funcs"), None)
+
+
+def _gsource_offsets():
+    """GSource field offsets from QEMU's debug info when it has the type, else GLib's."""
+    layout = glib.gsource_layout()
+    offsets = {}
+    for name, default in ca.GSOURCE_OFFSETS.items():
+        f = layout.field(name)
+        offsets[name] = f.offset if f is not None else default
+    return offsets
+
+
+def _decode_hits(census, reader, hits, offsets, is_mapped, table):
+    before = offsets["source_funcs"]
+    seen = set()
+    for hit in hits:
+        address = hit.address - before
+        if address in seen:
+            continue
+        seen.add(address)
+        data = hit.data or reader.read(address, ca.GSOURCE_SIZE)
+        if data is None:
+            census.rejected["unreadable"] = census.rejected.get("unreadable", 0) + 1
+            continue
+        rec = ca.decode(data, address, offsets)
+        reason = ca.rejection(rec, is_mapped)
+        if reason:
+            census.rejected[reason] = census.rejected.get(reason, 0) + 1
+            continue
+        rec.funcs_name = table.get(rec.funcs)
+        census.records.append(rec)
+
+
+class _Enricher:
+    """Names, callbacks and symbols of live records (freed ones hold garbage pointers)."""
+
+    def __init__(self, snap, reader, table):
+        self.snap = snap
+        self.reader = reader
+        self.table = table
+        self.names = {}
+
+    def read(self, address, size):
+        data = self.reader.read(address, size)
+        if data is None:
+            try:
+                data = self.snap.mem.read(address, size, "memory")
+            except TargetReadError:
+                return None
+        return data
+
+    def enrich(self, rec):
+        if rec.funcs_name is None:
+            rec.funcs_name = self.table.get(rec.funcs) or target.symbol_name(rec.funcs)
+        if rec.ref_count == 0:
+            return
+        if rec.name_ptr:
+            if rec.name_ptr not in self.names:
+                try:
+                    self.names[rec.name_ptr] = self.snap.mem.cstring(rec.name_ptr, NAME_LIMIT,
+                                                                     "GSource name")
+                except TargetReadError:
+                    self.names[rec.name_ptr] = None
+            rec.name = self.names[rec.name_ptr]
+        if rec.callback_data:
+            data = self.read(rec.callback_data, 32)
+            if data is not None:
+                ref = int.from_bytes(data[0:4], "little", signed=True)
+                func = int.from_bytes(data[8:16], "little")
+                if 0 < ref < 1 << 16 and func:
+                    symbol = target.symbol_name(func)
+                    if symbol is not None:
+                        rec.callback, rec.callback_name = func, symbol
+
+
+def _context_labels(snap, records):
+    """{context address: label}; the main loop's context is found via qemu_aio_context."""
+    labels = {}
+    for rec in records:
+        if rec.ref_count and rec.context:
+            labels.setdefault(rec.context, f"GMainContext 0x{rec.context:x}")
+    aio = target.static_value_address("qemu_aio_context")
+    if aio:
+        try:
+            context = snap.mem.pointer(aio + ca.GSOURCE_OFFSETS["context"], "qemu_aio_context")
+        except TargetReadError:
+            context = 0
+        if context:
+            labels[context] = f"main loop GMainContext 0x{context:x}"
+    return labels
+
+
+def _owners(snap, census, reader, offsets, with_frames):
+    owners = []
+    by_address = {rec.address: rec for rec in census.records}
+    read = _Enricher(snap, reader, {}).read
+    try:
+        owners += _chardev_owners(snap)
+    except qom.NoQemuDebugInfo as exc:
+        snap.note(f"chardevs and QIOTasks not checked as owners: {exc}")
+    except QcgError as exc:
+        snap.note(f"chardevs not checked as owners: {exc}")
+    owners += _pending_owners(snap, census, read)
+    owners += _child_owners(census, read, offsets)
+    owners += _iowatch_owners(snap, census, by_address)
+    if with_frames:
+        owners += _frame_owners(snap)
+    return owners
+
+
+def _chardev_owners(snap):
+    from qemu_chardev.readers.chardev import chardev_layout, socket_layout
+    out = []
+    base = chardev_layout()
+    sock = socket_layout()
+    for label, address in qom.chardevs_in_tree(snap):
+        try:
+            ancestry = qom.type_ancestry(snap, address)
+            is_socket = "chardev-socket" in ancestry and sock is not None
+            layout = sock if is_socket else base
+            view = snap.mem.view(layout, address, "Chardev")
+        except TargetReadError as exc:
+            snap.note(f"chardev {label}: {exc}")
+            continue
+        prefix = "parent." if is_socket else ""
+        gsource = view.get(prefix + "gsource")
+        if gsource:
+            out.append(ca.Owner(gsource, "chardev", f"{label}.gsource", chardev=label))
+        if not is_socket:
+            continue
+        for role in SOCKET_OWNED:
+            value = view.get(role)
+            if value:
+                out.append(ca.Owner(value, "chardev", f"{label}.{role}", chardev=label))
+        task = view.get("connect_task")
+        if task:
+            out += _task_owners(snap, task, f"{label}.connect_task", chardev=label)
+        listener = view.get("listener")
+        if listener:
+            out += _listener_owners(snap, listener, label)
+    from qemu_chardev.readers.qiotask import tasks_in_threads
+    for lwp, task in tasks_in_threads(snap):
+        ref = snap.thread_ref(lwp)
+        out += _task_owners(snap, task, f"QIOTask 0x{task:x} (worker LWP {lwp})", lwp=lwp,
+                            thread=ref.num)
+    return out
+
+
+def _task_owners(snap, task, what, chardev=None, lwp=None, thread=None):
+    layout = Layout.of("QIOTask", "struct QIOTask")
+    data_layout = Layout.of("struct QIOTaskThreadData", "QIOTaskThreadData")
+    if layout is None or data_layout is None:
+        return []
+    try:
+        thread_data = snap.mem.view(layout, task, "QIOTask").get("thread")
+        if not thread_data:
+            return []
+        completion = snap.mem.view(data_layout, thread_data, "QIOTaskThreadData")["completion"]
+    except TargetReadError as exc:
+        snap.note(f"{what}: {exc}")
+        return []
+    if not completion:
+        return []
+    return [ca.Owner(completion, "task", f"{what}->thread->completion", chardev=chardev,
+                     lwp=lwp, thread=thread)]
+
+
+def _listener_owners(snap, listener, label):
+    """Sources of a QIONetListener: io_source[] (<= 10.1) or source[i]->io_source (10.2+)."""
+    layout = Layout.of("QIONetListener", "struct QIONetListener")
+    if layout is None:
+        return []
+    out = []
+    try:
+        view = snap.mem.view(layout, listener, "QIONetListener")
+        count = view.get("nsioc") or 0
+        if not 0 < count <= LISTENER_LIMIT:
+            return []
+        if layout.has("io_source"):
+            array = view["io_source"]
+            for i in range(count):
+                value = snap.mem.pointer(array + 8 * i, "listener io_source") if array else 0
+                if value:
+                    out.append(ca.Owner(value, "listener", f"{label}.listener->io_source[{i}]",
+                                        chardev=label))
+        elif layout.has("source"):
+            elem = Layout.of("QIONetListenerSource", "struct QIONetListenerSource")
+            array = view["source"]
+            for i in range(count):
+                item = snap.mem.pointer(array + 8 * i, "listener source") if array else 0
+                if item and elem is not None:
+                    value = snap.mem.view(elem, item, "QIONetListenerSource").get("io_source")
+                    if value:
+                        out.append(ca.Owner(value, "listener",
+                                            f"{label}.listener->source[{i}]->io_source",
+                                            chardev=label))
+    except TargetReadError as exc:
+        snap.note(f"{label}.listener: {exc}")
+    return out
+
+
+def _pending_owners(snap, census, read):
+    """Sources in each context's pending_dispatches (each holds a reference)."""
+    out = []
+    contexts = sorted({rec.context for rec in census.records if rec.ref_count and rec.context})
+    for context in contexts:
+        head = read(context, CONTEXT_PENDING_OFFSET + 8)
+        if head is None:
+            continue
+        ref = int.from_bytes(head[CONTEXT_REF_OFFSET:CONTEXT_REF_OFFSET + 4], "little")
+        array = int.from_bytes(head[CONTEXT_PENDING_OFFSET:CONTEXT_PENDING_OFFSET + 8],
+                               "little")
+        if not 0 < ref < 1 << 20 or not array:
+            continue
+        arr = read(array, 12)
+        if arr is None:
+            continue
+        pdata = int.from_bytes(arr[0:8], "little")
+        length = int.from_bytes(arr[8:12], "little")
+        if not pdata or not 0 < length <= PENDING_LIMIT:
+            continue
+        items = read(pdata, 8 * length)
+        if items is None:
+            snap.note(f"GMainContext 0x{context:x}: pending_dispatches unreadable")
+            continue
+        label = census.contexts.get(context, f"GMainContext 0x{context:x}")
+        for i in range(length):
+            value = int.from_bytes(items[8 * i:8 * i + 8], "little")
+            if value:
+                out.append(ca.Owner(value, "pending", f"{label} pending_dispatches[{i}]"))
+    return out
+
+
+def _child_owners(census, read, offsets):
+    """Each live source's priv->child_sources list: the parent holds a reference."""
+    out = []
+    for rec in census.records:
+        if not rec.ref_count or not rec.priv:
+            continue
+        head = read(rec.priv, 8)
+        node = int.from_bytes(head, "little") if head else 0
+        steps = 0
+        while node and steps < CHILD_LIMIT:
+            cell = read(node, 16)
+            if cell is None:
+                break
+            child = int.from_bytes(cell[0:8], "little")
+            if child:
+                out.append(ca.Owner(child, "child", f"child of GSource 0x{rec.address:x}",
+                                    check_freed=bool(rec.flags & ca.G_SOURCE_ACTIVE)))
+            node = int.from_bytes(cell[GSLIST_NEXT_OFFSET:GSLIST_NEXT_OFFSET + 8], "little")
+            steps += 1
+    return out
+
+
+def _iowatch_owners(snap, census, by_address):
+    """IOWatchPoll.src of live (ACTIVE) chardev watch sources."""
+    layout = Layout.of("IOWatchPoll")
+    field = layout.field("src") if layout is not None else None
+    if field is None:
+        return []
+    out = []
+    for rec in census.records:
+        if rec.funcs_name != "io_watch_poll_funcs" or not rec.flags & ca.G_SOURCE_ACTIVE \
+                or not rec.ref_count:
+            continue
+        try:
+            src = snap.mem.pointer(rec.address + field.offset, "IOWatchPoll.src")
+        except TargetReadError:
+            continue
+        if src:
+            out.append(ca.Owner(src, "iowatch", f"IOWatchPoll 0x{rec.address:x}"
+                                f" ({rec.name or 'unnamed'})->src"))
+    return out
+
+
+def _frame_owners(snap):
+    """GSource pointers in QEMU stack frames: they keep a source from counting as leaked."""
+    return [ca.Owner(value, "frame", f"{frame.function}:{name} (LWP {lwp})", lwp=lwp,
+                     check_freed=False)
+            for lwp, frame, name, value in snap.frame_pointers("GSource", "_GSource")]
+
+
+def _add_owned_unknowns(census, reader, offsets, is_mapped, enricher):
+    """Records for owned pointers the scan did not find (unknown funcs, or memory reused)."""
+    known = {rec.address for rec in census.records}
+    for owner in census.owners:
+        if owner.source in known or not owner.check_freed:
+            continue
+        known.add(owner.source)
+        data = enricher.read(owner.source, ca.GSOURCE_SIZE)
+        if data is None:
+            rec = ca.SourceRecord(address=owner.source, found_via="owner",
+                                  state=ca.INVALID)
+            census.records.append(rec)
+            continue
+        rec = ca.decode(data, owner.source, offsets)
+        rec.found_via = "owner"
+        if ca.rejection(rec, is_mapped) or (rec.ref_count and
+                                            target.symbol_name(rec.funcs) is None):
+            rec.state = ca.INVALID
+        else:
+            enricher.enrich(rec)
+        census.records.append(rec)

@@ -1,0 +1,88 @@
+"""Reading QemuMutex, QemuRecMutex and glibc pthread_mutex_t from the target."""
+from qemu_chardev.analysis import locks as analysis
+from qemu_chardev.model.errors import TargetReadError
+from qemu_chardev.model.objects import MutexState
+from qemu_chardev.target.memory import Layout
+
+# Where the pthread mutex sits inside each supported wrapper, and the debug-mutex fields.
+_KINDS = {
+    # kind: (type names, path prefix of pthread_mutex_t, prefix of QemuMutex fields)
+    "QemuMutex": (("QemuMutex", "struct QemuMutex"), "lock.", ""),
+    "QemuRecMutex": (("QemuRecMutex", "struct QemuRecMutex"), "m.lock.", "m."),
+    "pthread_mutex_t": (("pthread_mutex_t",), "", None),
+}
+
+
+def mutex_layout(kind):
+    names, _p, _q = _KINDS[kind]
+    layout = Layout.of(*names)
+    if kind == "QemuRecMutex" and layout is not None and not layout.has("m.lock"):
+        # QEMU < 6.1: QemuRecMutex is a typedef of QemuMutex.
+        return Layout.of("QemuMutex", "struct QemuMutex"), "lock.", ""
+    if layout is None:
+        raise TargetReadError(f"type {names[0]} (no QEMU debug info?)")
+    return layout, _KINDS[kind][1], _KINDS[kind][2]
+
+
+def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=False):
+    """A MutexState for the mutex at ``address``.
+
+    ``with_owner`` unwinds the owner's stack to name the function it is in;
+    ``with_waiters`` unwinds every thread to find those blocked on this mutex.
+    """
+    layout, pth, qm = mutex_layout(kind)
+    state = MutexState(address=address, kind=kind, locked=None)
+    try:
+        view = snap.mem.view(layout, address, kind)
+    except TargetReadError as exc:
+        state.problems.append(str(exc))
+        snap.note(f"{kind} at 0x{address:x}: {exc}")
+        return state
+    data = pth + "__data."
+    lock = view.get(data + "__lock", default=0)
+    kind_word = view.get(data + "__kind", default=0)
+    if kind_word is not None and kind_word >= 1 << 31:
+        kind_word -= 1 << 32
+    decoded = analysis.decode_pthread_mutex(lock, view.get(data + "__count", default=0),
+                                            view.get(data + "__owner", default=0), kind_word)
+    state.locked = decoded["locked"]
+    state.owner_lwp = decoded["owner_lwp"]
+    state.lock_word = lock
+    state.count = decoded["recursion"]
+    state.mutex_type = decoded["type"]
+    state.destroyed = decoded["destroyed"]
+    if qm is not None:
+        state.initialized = view.get(qm + "initialized")
+        file_ptr = view.get(qm + "file")
+        if file_ptr:
+            try:
+                state.locker_file = snap.mem.cstring(file_ptr, 256, "debug-mutex file")
+                state.locker_line = view.get(qm + "line")
+            except TargetReadError:
+                state.problems.append("debug-mutex file name unreadable")
+        if state.initialized is False and not state.destroyed:
+            state.problems.append("QemuMutex not initialized (or already destroyed)")
+    if state.locked and state.owner_lwp is None:
+        state.problems.append("locked but no owner recorded (lock elision?)")
+    if with_owner and state.owner_lwp:
+        state.owner = snap.thread_ref(state.owner_lwp)
+        if state.owner.num is None:
+            state.problems.append(f"owner LWP {state.owner_lwp} is not a thread of this process "
+                                  "(exited while holding the lock, or garbage)")
+    if with_waiters:
+        pthread_address = address + (layout.field(pth.rstrip(".")).offset if pth else 0)
+        for lwp, waited in sorted(snap.lock_waits().items()):
+            if waited in (address, pthread_address):
+                state.waiters.append(snap.thread_ref(lwp))
+    return state
+
+
+def lock_graph(snap):
+    """(waiting_on, owner_of) of every thread blocked in qemu_mutex_lock_impl."""
+    waiting_on = dict(snap.lock_waits())
+    owner_of = {}
+    for mutex in set(waiting_on.values()):
+        state = read_mutex(snap, mutex, with_owner=False)
+        if state.owner_lwp:
+            owner_of[mutex] = state.owner_lwp
+    return waiting_on, owner_of

@@ -1,0 +1,125 @@
+"""QOM: object type names and the object tree, read through raw memory.
+
+``Object``, ``ObjectClass``, ``TypeImpl`` and ``ObjectProperty`` come from QEMU's own debug
+info (TypeImpl is private to qom/object.c but gdb finds it in that unit's static block).
+Property tables are GHashTables, read by ``glib.HashTable`` without GLib debug info.
+"""
+from qemu_chardev.readers import glib
+from qemu_chardev.target import memory as target
+from qemu_chardev.model.errors import QcgError, TargetReadError
+from qemu_chardev.target.memory import Layout
+
+TYPE_ANCESTRY_LIMIT = 32
+CHILDREN_LIMIT = 100000
+
+
+class NoQemuDebugInfo(QcgError):
+    pass
+
+
+def layouts():
+    """The QOM layouts, or NoQemuDebugInfo if this binary has no QEMU debug info."""
+    obj = Layout.of("Object", "struct Object")
+    klass = Layout.of("ObjectClass", "struct ObjectClass")
+    impl = Layout.of("TypeImpl", "struct TypeImpl")
+    prop = Layout.of("ObjectProperty", "struct ObjectProperty")
+    if None in (obj, klass, impl, prop):
+        raise NoQemuDebugInfo(
+            "no QEMU debug info: type Object/Chardev unknown (is this a QEMU binary built "
+            "with -g, and does it match the core?)")
+    return obj, klass, impl, prop
+
+
+def type_ancestry(snap, obj_address):
+    """[type name, parent type name, ...] of a QOM object; raises TargetReadError."""
+    obj, klass, impl, _prop = layouts()
+    class_address = snap.mem.pointer(obj_address + obj.field("class").offset, "Object.class")
+    cached = snap.type_names.get(class_address)
+    if cached is not None:
+        return cached
+    type_address = snap.mem.pointer(class_address + klass.field("type").offset,
+                                    "ObjectClass.type")
+    names = []
+    seen = set()
+    while type_address and type_address not in seen and len(names) < TYPE_ANCESTRY_LIMIT:
+        seen.add(type_address)
+        view = snap.mem.view(impl, type_address, "TypeImpl")
+        name = snap.mem.cstring(view["name"], 128, "type name")
+        if not name or not name.isprintable():
+            raise TargetReadError("QOM type name (garbage)", type_address)
+        names.append(name)
+        type_address = view.get("parent_type")
+    snap.type_names[class_address] = names
+    return names
+
+
+def type_name(snap, obj_address):
+    """QOM type name of an object, or None (with a problem noted) if unreadable."""
+    try:
+        return type_ancestry(snap, obj_address)[0]
+    except TargetReadError as exc:
+        snap.note(f"object at 0x{obj_address:x}: {exc}")
+        return None
+
+
+def is_a(snap, obj_address, wanted):
+    try:
+        return wanted in type_ancestry(snap, obj_address)
+    except TargetReadError:
+        return False
+
+
+def object_ref(snap, obj_address):
+    obj = layouts()[0]
+    return snap.mem.u32(obj_address + obj.field("ref").offset, "Object.ref")
+
+
+def children(snap, obj_address, what):
+    """[(name, property type, opaque)] of an object's ``child<...>`` properties."""
+    obj, _klass, _impl, prop = layouts()
+    table_address = snap.mem.pointer(obj_address + obj.field("properties").offset,
+                                     f"{what} properties")
+    table = glib.HashTable(snap.mem, table_address, f"{what} property table")
+    out = []
+    for key, value in table.items()[:CHILDREN_LIMIT]:
+        try:
+            view = snap.mem.view(prop, value, "ObjectProperty")
+            ptype = snap.mem.cstring(view["type"], 128, "property type")
+            if not ptype or not ptype.startswith("child<"):
+                continue
+            name = snap.mem.cstring(key, 256, "property name")
+            out.append((name, ptype, view["opaque"]))
+        except TargetReadError as exc:
+            snap.note(f"{what}: property at 0x{value:x}: {exc}")
+    for problem in table.problems:
+        snap.note(problem)
+    return out
+
+
+def root_object():
+    """Address of QOM's root object, or None before QOM was initialised."""
+    return target.static_value_address("object_get_root::root")
+
+
+def chardevs_in_tree(snap):
+    """[(label, Chardev address)] under /chardevs, in the tree's own (hash) order."""
+    layouts()
+    root = root_object()
+    if not root:
+        snap.note("QOM root object is NULL: QEMU has not initialised QOM yet, or the binary "
+                  "does not match the core")
+        return []
+    container = None
+    for name, _ptype, opaque in children(snap, root, "QOM root"):
+        if name == "chardevs":
+            container = opaque
+            break
+    if not container:
+        return []
+    found = []
+    for name, _ptype, opaque in children(snap, container, "/chardevs"):
+        if is_a(snap, opaque, "chardev"):
+            found.append((name, opaque))
+        else:
+            snap.note(f"/chardevs/{name} at 0x{opaque:x} is not a readable chardev object")
+    return found

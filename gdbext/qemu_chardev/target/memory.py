@@ -1,0 +1,389 @@
+"""Reading the target: cached types and field layouts, one memory read per structure.
+
+Every other module reads the inferior through this one.  Types are looked up once and their
+field offsets computed once; both caches are dropped when gdb loads or unloads symbols.
+Structures are fetched with a single ``read_memory`` call and decoded in Python with
+``struct``, which is an order of magnitude cheaper than walking ``gdb.Value`` fields.
+
+Nothing here writes target memory or calls inferior functions.
+"""
+import struct
+
+import gdb
+
+from qemu_chardev.model.errors import TargetReadError
+
+POINTER_SIZE = 8
+_INT_FORMATS = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+_type_cache = {}
+_layout_cache = {}
+_symbol_address_cache = {}
+_symbol_name_cache = {}
+
+
+_other_caches = []
+
+
+def clear_caches(_event=None):
+    """Forget every cached type, layout and symbol (new or removed objfiles)."""
+    _type_cache.clear()
+    _layout_cache.clear()
+    _symbol_address_cache.clear()
+    _symbol_name_cache.clear()
+    for cache in _other_caches:
+        cache.clear()
+
+
+def objfile_cache():
+    """A dict that is emptied together with the type caches (for other modules' lookups)."""
+    cache = {}
+    _other_caches.append(cache)
+    return cache
+
+
+gdb.events.new_objfile.connect(clear_caches)
+gdb.events.clear_objfiles.connect(clear_caches)
+
+
+def lookup_type(*names):
+    """The first of ``names`` that gdb knows as a type, or None.
+
+    Accepts typedef names and ``struct TAG`` spellings; anonymous typedef'd structs are
+    only reachable through their typedef name, so callers list both.
+    """
+    key = names
+    if key in _type_cache:
+        return _type_cache[key]
+    found = None
+    for name in names:
+        try:
+            found = gdb.lookup_type(name)
+            break
+        except gdb.error:
+            continue
+    _type_cache[key] = found
+    return found
+
+
+class Field:
+    """Where a (possibly nested) field lives in a structure and how to decode it."""
+
+    __slots__ = ("offset", "size", "kind", "signed", "bitpos", "bitsize", "type")
+
+    def __init__(self, offset, size, kind, signed=False, bitpos=0, bitsize=0, gdb_type=None):
+        self.offset = offset
+        self.size = size
+        self.kind = kind
+        self.signed = signed
+        self.bitpos = bitpos
+        self.bitsize = bitsize
+        self.type = gdb_type
+
+    def decode(self, buf, base=0):
+        """Decode this field from ``buf`` (which starts ``base`` bytes before the struct)."""
+        start = base + self.offset
+        if self.bitsize:
+            raw = int.from_bytes(buf[start:start + self.size], "little")
+            return (raw >> self.bitpos) & ((1 << self.bitsize) - 1)
+        if self.kind in ("pointer", "uint", "enum", "bool", "int"):
+            if self.size not in _INT_FORMATS:
+                return None
+            fmt = _INT_FORMATS[self.size]
+            value = struct.unpack_from("<" + (fmt if self.signed else fmt.upper()), buf, start)[0]
+            return bool(value) if self.kind == "bool" else value
+        return None
+
+
+def _kind_of(stripped):
+    code = stripped.code
+    if code == gdb.TYPE_CODE_PTR:
+        return "pointer", False
+    if code == gdb.TYPE_CODE_BOOL:
+        return "bool", False
+    if code == gdb.TYPE_CODE_ENUM:
+        return "enum", False
+    if code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_CHAR):
+        return "int", stripped.is_signed if hasattr(stripped, "is_signed") else True
+    if code == gdb.TYPE_CODE_STRUCT:
+        return "struct", False
+    if code == gdb.TYPE_CODE_UNION:
+        return "union", False
+    if code == gdb.TYPE_CODE_ARRAY:
+        return "array", False
+    return "other", False
+
+
+class Layout:
+    """Field offsets of one struct type, resolved lazily by dotted path and cached.
+
+    ``Layout.of(*names)`` returns None when the type is unknown in this binary, so a caller
+    can probe for types that only some QEMU versions have.
+    """
+
+    def __init__(self, gdb_type):
+        self.type = gdb_type.strip_typedefs()
+        self.size = self.type.sizeof
+        self.name = str(gdb_type)
+        self._fields = {}
+
+    @classmethod
+    def of(cls, *names):
+        key = names
+        if key not in _layout_cache:
+            found = lookup_type(*names)
+            _layout_cache[key] = cls(found) if found is not None else None
+        return _layout_cache[key]
+
+    @classmethod
+    def of_type(cls, gdb_type):
+        key = ("<type>", str(gdb_type))
+        if key not in _layout_cache:
+            _layout_cache[key] = cls(gdb_type)
+        return _layout_cache[key]
+
+    def field(self, path):
+        """The ``Field`` for ``path`` ("a.b.c"), or None if this version has no such field."""
+        if path in self._fields:
+            return self._fields[path]
+        found = _resolve(self.type, path.split("."), 0)
+        self._fields[path] = found
+        return found
+
+    def has(self, path):
+        return self.field(path) is not None
+
+    def top_level_fields(self):
+        """(name, Field) for each named top-level member, in declaration order."""
+        out = []
+        for f in self.type.fields():
+            if f.name:
+                out.append((f.name, self.field(f.name)))
+        return out
+
+
+def _resolve(stripped, parts, base_bits):
+    name, rest = parts[0], parts[1:]
+    for f in stripped.fields():
+        if f.name is None or f.name == "":
+            # anonymous struct/union member: look inside it
+            inner = f.type.strip_typedefs()
+            if inner.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                found = _resolve(inner, parts, base_bits + f.bitpos)
+                if found is not None:
+                    return found
+            continue
+        if f.name != name:
+            continue
+        ftype = f.type.strip_typedefs()
+        bits = base_bits + f.bitpos
+        if rest:
+            if ftype.code not in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                return None
+            return _resolve(ftype, rest, bits)
+        kind, signed = _kind_of(ftype)
+        if f.bitsize:
+            return Field(bits // 8, (f.bitsize + bits % 8 + 7) // 8, "int", False,
+                         bits % 8, f.bitsize, f.type)
+        return Field(bits // 8, ftype.sizeof, kind, signed, 0, 0, f.type)
+    return None
+
+
+class FixedLayout:
+    """A ``Layout`` for structures whose type is not in the debug info (GLib internals).
+
+    ``fields`` maps a name to (offset, size, kind[, signed]); offsets come from the GLib
+    version in use and are validated by the caller before being trusted.
+    """
+
+    def __init__(self, name, size, fields):
+        self.name = name
+        self.size = size
+        self._fields = {key: Field(spec[0], spec[1], spec[2], *spec[3:])
+                        for key, spec in fields.items()}
+
+    def field(self, path):
+        return self._fields.get(path)
+
+    def has(self, path):
+        return path in self._fields
+
+    def top_level_fields(self):
+        return list(self._fields.items())
+
+
+class View:
+    """One structure read from the target in a single memory read, decoded on demand."""
+
+    __slots__ = ("layout", "address", "buf")
+
+    def __init__(self, layout, address, buf):
+        self.layout = layout
+        self.address = address
+        self.buf = buf
+
+    def __getitem__(self, path):
+        f = self.layout.field(path)
+        if f is None:
+            raise KeyError(f"{self.layout.name} has no field {path}")
+        return f.decode(self.buf)
+
+    def get(self, *paths, default=None):
+        """Value of the first of ``paths`` this structure has, else ``default`` (n/a)."""
+        for path in paths:
+            f = self.layout.field(path)
+            if f is not None:
+                return f.decode(self.buf)
+        return default
+
+    def has(self, path):
+        return self.layout.field(path) is not None
+
+    def address_of(self, path):
+        return self.address + self.layout.field(path).offset
+
+    def bytes_of(self, path):
+        f = self.layout.field(path)
+        return self.buf[f.offset:f.offset + f.size]
+
+
+class Memory:
+    """Reads target memory, with a per-command cache so a structure is read only once.
+
+    Create a fresh ``Memory`` for every command: a live process changes between stops.
+    ``reads`` counts the read_memory calls made (benchmarks and tests use it).
+    """
+
+    def __init__(self, inferior=None):
+        self.inferior = inferior or gdb.selected_inferior()
+        self._cache = {}
+        self.reads = 0
+
+    def read(self, address, size, what="memory"):
+        if not address:
+            raise TargetReadError(f"{what} (NULL pointer)")
+        key = (address, size)
+        buf = self._cache.get(key)
+        if buf is None:
+            try:
+                buf = bytes(self.inferior.read_memory(address, size))
+            except (gdb.MemoryError, gdb.error, OverflowError, ValueError) as exc:
+                raise TargetReadError(what, address) from exc
+            self.reads += 1
+            self._cache[key] = buf
+        return buf
+
+    def view(self, layout, address, what=None):
+        """Read ``layout.size`` bytes at ``address`` and return a ``View``."""
+        return View(layout, address, self.read(address, layout.size, what or layout.name))
+
+    def pointer(self, address, what="pointer"):
+        return int.from_bytes(self.read(address, POINTER_SIZE, what), "little")
+
+    def u32(self, address, what="integer"):
+        return int.from_bytes(self.read(address, 4, what), "little")
+
+    def cstring(self, address, limit=256, what="string"):
+        """A NUL-terminated string (at most ``limit`` bytes); None for NULL; '?' if unreadable."""
+        if not address:
+            return None
+        out = b""
+        chunk = 64
+        try:
+            while len(out) < limit:
+                # Reading in aligned chunks avoids running off the end of a mapping.
+                step = min(chunk - (address + len(out)) % chunk, limit - len(out))
+                piece = self.read(address + len(out), step, what)
+                nul = piece.find(b"\0")
+                if nul >= 0:
+                    return (out + piece[:nul]).decode("utf-8", "replace")
+                out += piece
+        except TargetReadError:
+            if not out:
+                raise
+        return out.decode("utf-8", "replace") + "..."
+
+
+def symbol_address(name):
+    """Address of a global or static symbol (data or function), with or without debug info.
+
+    Returns None when the symbol is unknown (e.g. a library not loaded yet).
+    """
+    if name in _symbol_address_cache:
+        return _symbol_address_cache[name]
+    address = None
+    try:
+        sym = gdb.lookup_global_symbol(name) or gdb.lookup_static_symbol(name)
+        if sym is not None and sym.addr_class != gdb.SYMBOL_LOC_TYPEDEF:
+            address = int(sym.value().address)
+    except (gdb.error, RuntimeError):
+        address = None
+    if address is None:
+        try:
+            # Minimal (ELF) symbols of libraries without debug info: take the address only.
+            address = int(gdb.parse_and_eval(f"(unsigned long)&'{name}'"))
+        except gdb.error:
+            address = None
+    _symbol_address_cache[name] = address
+    return address
+
+
+def symbol_name(address):
+    """The symbol at ``address`` ("func", "sym+8"), or None if there is none."""
+    if not address:
+        return None
+    if address in _symbol_name_cache:
+        return _symbol_name_cache[address]
+    name = None
+    try:
+        block = gdb.block_for_pc(address)
+        func = block.function if block is not None else None
+        while block is not None and func is None:
+            block = block.superblock
+            func = block.function if block is not None else None
+        if func is not None and func.value().address is not None \
+                and int(func.value().address) == address:
+            name = func.print_name
+    except (RuntimeError, gdb.error):
+        name = None
+    if name is None:
+        try:
+            text = gdb.format_address(address)
+        except (gdb.error, ValueError, RuntimeError):
+            text = ""
+        # "0x5555... <g_idle_funcs>" or "0x... <sym+16>"; no angle brackets: no symbol.
+        lt = text.find("<")
+        if lt >= 0 and text.endswith(">"):
+            name = text[lt + 1:-1]
+            if " in " in name:  # "<sym in /lib/libx.so>"
+                name = name.split(" in ")[0]
+    _symbol_name_cache[address] = name
+    return name
+
+
+def static_value_address(spec):
+    """The value of a pointer variable such as ``object_get_root::root``; None if unknown.
+
+    Called a handful of times per command, never in loops.
+    """
+    try:
+        return int(gdb.parse_and_eval(spec))
+    except gdb.error:
+        return None
+
+
+def address_of_expression(spec):
+    """Address a user expression designates: a pointer's value or a struct's address."""
+    try:
+        value = gdb.parse_and_eval(spec)
+        vtype = value.type.strip_typedefs()
+        if vtype.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+            if value.address is None:
+                raise TargetReadError(f"{spec!r} (not an lvalue)")
+            return int(value.address), value.type
+        if vtype.code == gdb.TYPE_CODE_PTR:
+            return int(value), vtype.target()
+        return int(value), None
+    except (gdb.error, gdb.MemoryError) as exc:
+        raise TargetReadError(f"{spec!r}: {exc}") from None
+
