@@ -123,7 +123,7 @@ def test_show_socket_client_reconnect_timer(target, mode):
     ref, flags, src_id, prio = result.check().outputs[2:6]
     assert (timer["ref_count"], timer["flags"], timer["source_id"], timer["priority"]) == \
         (int(ref), int(flags), int(src_id), int(prio))
-    assert timer["ref_count"] == 2 and timer["verdict"] == "attached"
+    assert timer["ref_count"] == 2 and timer["state"] == "attached"
     assert timer["funcs_symbol"] == "g_timeout_funcs"
     assert timer["callback_symbol"] == "socket_reconnect_timeout"
     assert shown["write_lock"]["locked"] is False
@@ -145,7 +145,7 @@ def test_show_monitor_channels_and_sources(target, mode):
     assert roles["hup_source"]["funcs_symbol"] == "qio_channel_fd_source_funcs"
     assert roles["hup_source"]["callback_symbol"] == "tcp_chr_hup"
     assert roles["gsource"]["funcs_symbol"] == "io_watch_poll_funcs"
-    assert all(g["verdict"] == "attached" for g in roles.values())
+    assert all(g["state"] == "attached" for g in roles.values())
     listener = next(o for o in shown["objects"] if o["role"] == "listener")
     assert listener["type"] == "qio-net-listener"
 
@@ -209,7 +209,7 @@ def test_help_texts(target):
                       "help qemu qiotask", "qemu chardev list --help").check()
     assert "chr_write_lock" in out.outputs[0] and "--json" in out.outputs[0]
     assert "debug-mutex" in out.outputs[1]
-    assert "destroyed-but-referenced" in out.outputs[2]
+    assert "destroyed-referenced" in out.outputs[2]
     assert "usage: qemu chardev list" in out.outputs[4]
 
 
@@ -317,7 +317,7 @@ def test_qiotask_in_worker_and_completion(qemu, workdir):
     completion = task["completion"]
     assert completion["funcs_symbol"] == "g_idle_funcs"
     assert completion["callback_symbol"] == "qio_task_thread_result"
-    assert "IN_CALL" in completion["flag_names"] and completion["verdict"] == "dispatching"
+    assert "IN_CALL" in completion["flag_names"] and completion["state"] == "dispatching"
     # QEMU's own trace names the same task and completion source.
     attaches = re.findall(r"qio_task_thread_source_attach .*task=(0x[0-9a-f]+) source=(0x[0-9a-f]+)",
                           trace)

@@ -5,6 +5,7 @@ import struct
 import pytest
 
 from qemu_chardev.analysis import census as ca
+from qemu_chardev.model import glib
 from qemu_chardev.render import gsource as render_gsource
 
 IDLE = 0x7F0000001300
@@ -37,7 +38,7 @@ def test_decode_reads_every_field_at_glib_offsets():
     assert (r.ref_count, r.context, r.priority, r.flags, r.source_id) == (3, CTX, -100, 0x21, 77)
     assert (r.prev, r.next, r.name_ptr, r.priv) == (0x555500005000, 0x555500006000,
                                                    0x7F0000003000, 0x555500002000)
-    assert len(image()) == ca.GSOURCE_SIZE
+    assert len(image()) == glib.GSOURCE_SIZE
 
 
 @pytest.mark.parametrize("fields,address,reason", [
@@ -63,20 +64,21 @@ def test_freed_image_is_accepted_despite_malloc_metadata():
     r = rec(callback_data=0x0000564D3E54A112, callback_funcs=0x9C048157D08C30E3, ref=0,
             flags=0, priv=0)
     assert ca.rejection(r, is_mapped) is None
-    assert ca.base_state(r) == ca.FREED
+    assert glib.gsource_state(r.ref_count, r.flags, r.context, r.priority) == glib.FREED
 
 
 @pytest.mark.parametrize("fields,state", [
-    ({"flags": 0x1}, ca.ATTACHED),
-    ({"flags": 0x21}, ca.ATTACHED),
-    ({"flags": 0x1, "context": 0, "source_id": 0}, ca.UNATTACHED),
-    ({"flags": 0x43}, ca.DISPATCHING),
-    ({"flags": 0x2}, ca.DISPATCHING),          # destroyed inside its own callback
-    ({"flags": 0x0}, ca.DESTROYED_REFERENCED),
-    ({"flags": 0x0, "ref": 0, "priv": 0}, ca.FREED),
+    ({"flags": 0x1}, glib.ATTACHED),
+    ({"flags": 0x21}, glib.ATTACHED),
+    ({"flags": 0x1, "context": 0, "source_id": 0}, glib.UNATTACHED),
+    ({"flags": 0x43}, glib.DISPATCHING),
+    ({"flags": 0x2}, glib.DESTROYED_REFERENCED),  # destroyed inside its own callback
+    ({"flags": 0x0}, glib.DESTROYED_REFERENCED),
+    ({"flags": 0x0, "ref": 0, "priv": 0}, glib.FREED),
 ])
-def test_base_state(fields, state):
-    assert ca.base_state(rec(**fields)) == state
+def test_state_of_record_fields(fields, state):
+    r = rec(**fields)
+    assert glib.gsource_state(r.ref_count, r.flags, r.context, r.priority) == state
 
 
 def completion_leak(address, **overrides):
@@ -96,8 +98,8 @@ def test_classify_leak_only_without_owner_and_attributes_the_2019_signature():
     owners = [ca.Owner(0x555500020000, "chardev", "cli0.reconnect_timer", chardev="cli0")]
     records = [leaked, owned, two_refs, other, attached]
     ca.classify(records, owners, idle_funcs=IDLE)
-    assert [r.state for r in records] == [ca.LEAKED, ca.DESTROYED_REFERENCED, ca.LEAKED,
-                                          ca.LEAKED, ca.ATTACHED]
+    assert [r.state for r in records] == [glib.LEAKED, glib.DESTROYED_REFERENCED, glib.LEAKED,
+                                          glib.LEAKED, glib.ATTACHED]
     assert leaked.origin == ca.QIO_TASK_ORIGIN
     assert two_refs.origin == "unknown" and other.origin == "unknown"
     assert owned.owners == ["cli0.reconnect_timer"]
@@ -106,7 +108,7 @@ def test_classify_leak_only_without_owner_and_attributes_the_2019_signature():
 def test_signature_needs_qio_tasks_in_the_target():
     leaked = completion_leak(0x555500010000)
     ca.classify([leaked], [], idle_funcs=IDLE, has_qio_task=False)
-    assert leaked.state == ca.LEAKED and leaked.origin == "unknown"
+    assert leaked.state == glib.LEAKED and leaked.origin == "unknown"
 
 
 def test_signature_rejects_callback_name_and_priority_mismatch():
@@ -123,7 +125,7 @@ def test_signature_rejects_callback_name_and_priority_mismatch():
 
 def test_use_after_free_pairs_only_checked_owners_of_freed_or_invalid_targets():
     freed = rec(0x555500010000, ref=0, flags=0, priv=0)
-    reused = ca.SourceRecord(address=0x555500020000, found_via="owner", state=ca.INVALID)
+    reused = ca.SourceRecord(address=0x555500020000, found_via="owner", state=glib.INVALID)
     live = rec(0x555500030000)
     owners = [ca.Owner(freed.address, "chardev", "cli0.hup_source", chardev="cli0"),
               ca.Owner(freed.address, "frame", "tcp_chr_free:src (LWP 5)", lwp=5,
@@ -136,7 +138,7 @@ def test_use_after_free_pairs_only_checked_owners_of_freed_or_invalid_targets():
     assert [(o.what, r.address) for o, r in pairs] == [
         ("cli0.hup_source", freed.address),
         ("QIOTask 0x1->thread->completion", reused.address)]
-    found = ca.uaf_findings(pairs)
+    found = [f.to_json() for f in ca.uaf_findings(pairs)]
     assert all(set(f) == FINDING_KEYS for f in found)
     assert found[0]["chardev"] == "cli0" and found[0]["severity"] == "error"
     assert found[0]["fix"] == ca.CHARDEV_LOCK_FIX        # a socket chardev field
@@ -152,7 +154,7 @@ def test_leak_findings_split_by_origin_and_list_addresses():
     stray.funcs_name = "g_timeout_funcs"
     records.append(stray)
     ca.classify(records, [], idle_funcs=IDLE)
-    found = ca.leak_findings(records, {CTX: "main loop GMainContext"})
+    found = [f.to_json() for f in ca.leak_findings(records, {CTX: "main loop GMainContext"})]
     assert [(f["id"], f["severity"]) for f in found] == [("gsource-leak", "error"),
                                                          ("gsource-leak", "warning")]
     assert all(set(f) == FINDING_KEYS for f in found)
@@ -184,11 +186,11 @@ def test_groups_and_counts():
     records = [a, b, c, d]
     ca.classify(records, [], idle_funcs=IDLE)
     groups = ca.groups(records)
-    assert groups[0]["total"] == 2 and groups[0][ca.LEAKED] == 2
-    freed_row = next(g for g in groups if g[ca.FREED])
+    assert groups[0]["total"] == 2 and groups[0][glib.LEAKED] == 2
+    freed_row = next(g for g in groups if g[glib.FREED])
     assert freed_row["name"] == "-"          # a freed record's name is not trusted
     counts = ca.counts(records)
-    assert (counts[ca.ATTACHED], counts[ca.LEAKED], counts[ca.FREED]) == (1, 2, 1)
+    assert (counts[glib.ATTACHED], counts[glib.LEAKED], counts[glib.FREED]) == (1, 2, 1)
 
 
 def test_census_json_and_text():

@@ -3,7 +3,9 @@ import pytest
 
 from qemu_chardev.analysis import findings
 from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking, Finding,
-                                     Frame, ThreadFacts, frame_roles, si_code_name)
+                                          ThreadFacts, si_code_name)
+from qemu_chardev.model.objects import Frame
+from qemu_chardev.model.qemu import frame_roles
 from qemu_chardev.model.objects import ChardevState, MutexState
 
 MON = 0x5555_0000_1000
@@ -232,16 +234,6 @@ def test_extra_findings_and_registered_providers_are_merged_errors_first():
     assert seen == [facts]
     assert [x.id for x in found] == ["gsource-use-after-free", "gsource-leak",
                                      "write-lock-held"]
-
-
-def test_register_provider_applies_to_default_diagnosis():
-    def rule(_facts):
-        return [Finding("custom", "warning", "x")]
-    findings.register_provider(rule)
-    try:
-        assert [x.id for x in findings.diagnose(DiagnosisInput())] == ["custom"]
-    finally:
-        findings._registered.remove(rule)
 
 
 def test_broken_provider_becomes_a_problem_not_a_crash():

@@ -54,12 +54,12 @@ def test_non_socket_has_no_socket_pointers():
     assert ch.to_json()["ioc"] is None and ch.to_json()["state"] is None
 
 
-def test_gsource_block_lists_flags_and_verdict():
+def test_gsource_block_lists_flags_and_state():
     src = GSourceState(address=0x50, ref_count=1, flags=0, flag_names=[], context=0x60,
                        source_id=9, priority=200, name="GIdleSource",
-                       verdict="destroyed-but-referenced")
+                       state="destroyed-referenced")
     text = render.gsource_block(src)
-    assert "destroyed-but-referenced" in text and "GIdleSource" in text and "0x0 none" in text
+    assert "destroyed-referenced" in text and "GIdleSource" in text and "0x0 none" in text
 
 
 def test_cycle_text_self_deadlock():

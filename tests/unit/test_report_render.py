@@ -9,8 +9,10 @@ import pytest
 
 from qemu_chardev.analysis import findings
 from qemu_chardev.render import report as report_render
-from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking, Frame,
-                                     ThreadFacts, display_path, frame_json)
+from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking,
+                                          ThreadFacts, frame_json)
+from qemu_chardev.model.objects import Frame
+from qemu_chardev.model.qemu import display_path
 from qemu_chardev.model.objects import ChardevState, MutexState
 
 SCHEMA = json.loads((pathlib.Path(__file__).resolve().parents[2] / "docs" /

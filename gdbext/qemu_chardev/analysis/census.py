@@ -5,40 +5,15 @@ module decides whether it is a GSource at all, what state it is in, whether a de
 is leaked (nothing that owns a reference points at it) and whether a live structure points
 at one that looks freed.  No gdb imports: every function takes plain values.
 """
-import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from qemu_chardev.model.glib import (DESTROYED_REFERENCED, FREED, G_PRIORITY_DEFAULT_IDLE,
+                                     INVALID, LEAKED, STATES, decode_gsource, gsource_state,
+                                     impossible_field)
+from qemu_chardev.model.diagnosis import Finding
 from qemu_chardev.model.objects import ptr
-
-# struct _GSource, public and stable since GLib 2.28 (the reader passes the offsets it got
-# from debug info when there is any; these are the defaults).
-GSOURCE_OFFSETS = {
-    "callback_data": 0, "callback_funcs": 8, "source_funcs": 16, "ref_count": 24,
-    "context": 32, "priority": 40, "flags": 44, "source_id": 48, "poll_fds": 56,
-    "prev": 64, "next": 72, "name": 80, "priv": 88,
-}
-GSOURCE_SIZE = 96
-FUNCS_OFFSET = GSOURCE_OFFSETS["source_funcs"]
-_U32_FIELDS = ("ref_count", "flags", "source_id")
-_S32_FIELDS = ("priority",)
-
-G_SOURCE_ACTIVE = 0x01
-G_SOURCE_IN_CALL = 0x02
-KNOWN_FLAG_BITS = 0x7F
-G_PRIORITY_DEFAULT_IDLE = 200
-MAX_REF_COUNT = 1 << 24
-MAX_PRIORITY = 1 << 20
-
-# States, in display order.
-ATTACHED = "attached"
-DISPATCHING = "dispatching"
-UNATTACHED = "unattached"
-DESTROYED_REFERENCED = "destroyed-referenced"
-LEAKED = "leaked"
-FREED = "freed"
-INVALID = "invalid"          # found only through an owner, and not a GSource any more
-STATES = (ATTACHED, DISPATCHING, UNATTACHED, DESTROYED_REFERENCED, LEAKED, FREED, INVALID)
+from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
 
 QIO_TASK_ORIGIN = "qio_task_thread_worker completion"
 QIO_TASK_FIX = ("apply upstream commit b65cb867cc \"main-loop: Fix GSource leak in "
@@ -114,16 +89,8 @@ class Owner:
 
 
 def decode(buf, address, offsets=None, base=0):
-    """A SourceRecord from the GSource image at ``buf[base:base + 96]``."""
-    offsets = offsets or GSOURCE_OFFSETS
-    values = {}
-    for name, off in offsets.items():
-        if name in _U32_FIELDS:
-            values[name] = struct.unpack_from("<I", buf, base + off)[0]
-        elif name in _S32_FIELDS:
-            values[name] = struct.unpack_from("<i", buf, base + off)[0]
-        else:
-            values[name] = struct.unpack_from("<Q", buf, base + off)[0]
+    """A SourceRecord from the GSource image at ``buf[base:base + GSOURCE_SIZE]``."""
+    values = decode_gsource(buf, offsets, base)
     return SourceRecord(
         address=address, funcs=values["source_funcs"], ref_count=values["ref_count"],
         flags=values["flags"], context=values["context"], priority=values["priority"],
@@ -140,12 +107,9 @@ def rejection(rec, is_mapped):
     """
     if rec.address & 7:
         return "misaligned"
-    if rec.ref_count >= MAX_REF_COUNT:
-        return "ref_count out of range"
-    if rec.flags & ~KNOWN_FLAG_BITS:
-        return "unknown flag bits"
-    if not -MAX_PRIORITY < rec.priority < MAX_PRIORITY:
-        return "priority out of range"
+    impossible = impossible_field(rec.ref_count, rec.flags, rec.priority)
+    if impossible:
+        return impossible
     # Finalizing frees priv and NULLs it; then free() reuses the first 16 bytes
     # (callback_data, callback_funcs) for its own (mangled) list pointers.
     freed = rec.ref_count == 0
@@ -166,17 +130,6 @@ def rejection(rec, is_mapped):
         if not rec.context and (rec.source_id or rec.prev or rec.next):
             return "list links or id without a context"
     return None
-
-
-def base_state(rec):
-    """The state a record's own fields show (before owners are known)."""
-    if rec.ref_count == 0:
-        return FREED
-    if rec.flags & G_SOURCE_IN_CALL:
-        return DISPATCHING
-    if rec.flags & G_SOURCE_ACTIVE:
-        return ATTACHED if rec.context else UNATTACHED
-    return DESTROYED_REFERENCED
 
 
 def is_qio_task_completion_leak(rec, idle_funcs):
@@ -206,7 +159,7 @@ def classify(records, owners, idle_funcs=None, has_qio_task=True):
         by_source.setdefault(owner.source, []).append(owner)
     for rec in records:
         if rec.state != INVALID:
-            rec.state = base_state(rec)
+            rec.state = gsource_state(rec.ref_count, rec.flags, rec.context, rec.priority)
         rec.owners = [o.what for o in by_source.get(rec.address, [])]
         if rec.state == DESTROYED_REFERENCED and not rec.owners:
             rec.state = LEAKED
@@ -267,9 +220,7 @@ def _address_list(addresses, limit=LIST_LIMIT):
 
 def _finding(fid, severity, summary, detail, fix, chardev=None, lwp=None, thread=None,
              evidence=None):
-    return {"id": fid, "severity": severity, "chardev": chardev, "lwp": lwp,
-            "thread": thread, "summary": summary, "detail": detail, "fix": fix,
-            "evidence": evidence or {}}
+    return Finding(fid, severity, summary, detail, fix, chardev, lwp, thread, evidence or {})
 
 
 def leak_findings(records, context_labels=None):
@@ -323,8 +274,8 @@ def uaf_findings(pairs):
             looks = f"looks freed (ref_count 0, funcs {rec.funcs_name or ptr(rec.funcs)})"
         else:
             looks = "is no GSource any more (its memory was freed and reused)"
-        chardev_field = owner.kind == "chardev" and owner.what.rsplit(".", 1)[-1] in (
-            "reconnect_timer", "hup_source", "telnet_source")
+        chardev_field = owner.kind == "chardev" and \
+            owner.what.rsplit(".", 1)[-1] in SOCKET_GSOURCE_FIELDS
         out.append(_finding(
             "gsource-use-after-free", "error",
             f"{owner.what} points at GSource 0x{rec.address:x}, which {looks}",

@@ -1,8 +1,7 @@
 """Pure analysis: findings about chardev locks and channels from a ``DiagnosisInput``.
 
 A finding provider is a function ``provider(facts) -> [Finding]``.  ``diagnose`` runs the
-built-in providers, any registered with ``register_provider`` (pure rules from other
-modules), and merges ``facts.extra_findings`` (conclusions that readers drew from memory,
+built-in providers and merges ``facts.extra_findings`` (conclusions that readers drew from memory,
 such as a GSource census).  Nothing here imports gdb.
 
 Built-in finding ids:
@@ -11,10 +10,12 @@ Built-in finding ids:
   write-lock-held        info     who holds a chr_write_lock and where; warning when the owner
                                   is not in the write path (or waits, or is gone)
 """
-from qemu_chardev.analysis import locks as analysis
-from qemu_chardev.model.diagnosis import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS, LOCKED_DISCONNECT_FUNCTIONS,
-                         SEVERITIES, WRITE_ENTRY, WRITE_PATH_FUNCTIONS, Finding,
-                         display_location, in_write_path, is_channel_write)
+from qemu_chardev.analysis import locks
+from qemu_chardev.model.diagnosis import SEVERITIES, Finding
+from qemu_chardev.model.qemu import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS,
+                                     LOCKED_DISCONNECT_FUNCTIONS, WRITE_ENTRY,
+                                     WRITE_PATH_FUNCTIONS, display_location, in_write_path,
+                                     is_channel_write)
 from qemu_chardev.model.objects import ptr
 
 UPSTREAM_LOCK_FIX = ('"char-socket: Lock tcp_chr_disconnect() and socket_reconnect_timeout()" '
@@ -223,7 +224,7 @@ def deadlock(facts):
     """Cycles in the wait-for graph, including a thread waiting for a lock it holds."""
     waiting_on = {t.lwp: t.waiting_on for t in facts.threads if t.waiting_on}
     out = []
-    for cycle in analysis.find_lock_cycles(waiting_on, facts.owner_of):
+    for cycle in locks.find_lock_cycles(waiting_on, facts.owner_of):
         first_lwp, first_mutex = cycle[0]
         chardev = next((facts.chardev_of_lock(m) for _l, m in cycle
                         if facts.chardev_of_lock(m) is not None), None)
@@ -238,7 +239,7 @@ def deadlock(facts):
             steps.append(f"{waiter.describe(skip_locking=True) if waiter else _who(facts, lwp)} "
                          f"waits for {_mutex_name(facts, mutex)}, "
                          f"held by {_short_who(facts, holder)}")
-        summary = ("deadlock: " + ", ".join(_short_who(facts, l) for l, _m in cycle)
+        summary = ("deadlock: " + ", ".join(_short_who(facts, lwp) for lwp, _m in cycle)
                    + " wait on each other's mutexes")
         if chardev is not None:
             summary = f"chardev '{_label(chardev)}': " + summary
@@ -247,7 +248,7 @@ def deadlock(facts):
             "; ".join(steps) + ". None of these threads can continue.",
             "Take these mutexes in one global order, or drop one before taking the other.",
             chardev=_label(chardev), lwp=first_lwp, thread=thread.num if thread else None,
-            evidence={"cycle": [{"lwp": l, "mutex": ptr(m)} for l, m in cycle]}))
+            evidence={"cycle": locks.cycle_json(cycle)}))
     return out
 
 
@@ -361,14 +362,6 @@ def write_lock_held(facts):
 # --- running the rules ---------------------------------------------------------------------
 
 DEFAULT_PROVIDERS = (ioc_null_during_write, deadlock, write_lock_held)
-_registered = []
-
-
-def register_provider(provider):
-    """Add a pure finding provider (``provider(facts) -> [Finding]``) to every diagnosis."""
-    if provider not in _registered:
-        _registered.append(provider)
-    return provider
 
 
 def severity_rank(severity):
@@ -381,12 +374,10 @@ def sort_findings(findings):
 
 
 def diagnose(facts, providers=None, problems=None):
-    """All findings for ``facts``: the providers' (default: built-in plus registered) and
+    """All findings for ``facts``: the providers' (default: the built-in rules) and
     ``facts.extra_findings``, errors first.  A provider that fails adds a line to
     ``problems`` (if given) instead of hiding the others' findings."""
     chosen = list(DEFAULT_PROVIDERS if providers is None else providers)
-    if providers is None:
-        chosen += [p for p in _registered if p not in chosen]
     found = []
     for provider in chosen:
         try:

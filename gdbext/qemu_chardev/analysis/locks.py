@@ -1,24 +1,14 @@
-"""Pure analysis: decoding lock words and GSource flags, verdicts, lock cycles.
+"""Pure lock analysis: what a glibc mutex word says, and deadlock cycles in a wait-for graph.
 
 Nothing here touches gdb; every function takes plain values and is unit-tested directly.
 """
+from qemu_chardev.model.objects import ptr
 
 # glibc pthread_mutex_t.__kind & 3
 PTHREAD_MUTEX_TYPES = {0: "normal", 1: "recursive", 2: "errorcheck", 3: "adaptive"}
 PTHREAD_MUTEX_ROBUST = 16
 PTHREAD_MUTEX_PRIO_INHERIT = 32
 FUTEX_TID_MASK = 0x3FFFFFFF
-
-# GHook / GSource flag bits (ghook.h, gmain.c; the same in every GLib version read).
-GSOURCE_FLAGS = [
-    (0x01, "ACTIVE"), (0x02, "IN_CALL"), (0x10, "READY"),
-    (0x20, "CAN_RECURSE"), (0x40, "BLOCKED"),
-]
-GSOURCE_KNOWN_FLAG_BITS = 0x7F
-G_SOURCE_ACTIVE = 0x01
-G_SOURCE_IN_CALL = 0x02
-
-TCP_CHARDEV_STATES = {0: "disconnected", 1: "connecting", 2: "connected"}
 
 
 def decode_pthread_mutex(lock, count, owner, kind):
@@ -45,52 +35,6 @@ def decode_pthread_mutex(lock, count, owner, kind):
     return {"locked": locked, "owner_lwp": owner_lwp if locked else None,
             "type": PTHREAD_MUTEX_TYPES[kind & 3], "destroyed": False,
             "waiters_flagged": waiters, "recursion": count if locked else 0}
-
-
-def gsource_flag_names(flags):
-    """Names of the set GSource flag bits, e.g. ["ACTIVE", "IN_CALL"]; unknown bits in hex."""
-    if flags is None:
-        return []
-    names = [name for bit, name in GSOURCE_FLAGS if flags & bit]
-    unknown = flags & ~GSOURCE_KNOWN_FLAG_BITS
-    if unknown:
-        names.append(f"0x{unknown:x}")
-    return names
-
-
-def gsource_verdict(ref_count, flags, context, priority=0):
-    """A one-word verdict on a GSource from its raw fields.
-
-    * ``looks-freed``: ref_count 0 (finalized or freed memory), or fields no live GSource has.
-    * ``destroyed-but-referenced``: ACTIVE clear, still referenced: g_source_destroy() ran
-      and somebody kept a reference (normal for a moment, a leak if nobody points at it).
-    * ``attached``: ACTIVE and attached to a context; ``dispatching`` while IN_CALL.
-    * ``unattached``: ACTIVE, created but never attached.
-    """
-    if ref_count is None or flags is None:
-        return "unreadable"
-    if ref_count == 0 or ref_count > 1 << 24:
-        return "looks-freed"
-    if flags & ~GSOURCE_KNOWN_FLAG_BITS or not -(1 << 20) < priority < 1 << 20:
-        return "looks-freed"
-    if not flags & G_SOURCE_ACTIVE:
-        return "destroyed-but-referenced"
-    if not context:
-        return "unattached"
-    if flags & G_SOURCE_IN_CALL:
-        return "dispatching"
-    return "attached"
-
-
-def socket_state_name(enumerator_or_value):
-    """'connected' from TCP_CHARDEV_STATE_CONNECTED (or from its value 2)."""
-    if enumerator_or_value is None:
-        return None
-    if isinstance(enumerator_or_value, int):
-        return TCP_CHARDEV_STATES.get(enumerator_or_value, f"unknown({enumerator_or_value})")
-    name = str(enumerator_or_value)
-    prefix = "TCP_CHARDEV_STATE_"
-    return name[len(prefix):].lower() if name.startswith(prefix) else name.lower()
 
 
 def find_lock_cycles(waiting_on, owner_of):
@@ -121,3 +65,8 @@ def find_lock_cycles(waiting_on, owner_of):
                 seen_cycles.add(key)
                 cycles.append(cycle)
     return cycles
+
+
+def cycle_json(cycle):
+    """A cycle as JSON: [{"lwp", "mutex": "0x..."}] in wait order."""
+    return [{"lwp": lwp, "mutex": ptr(mutex)} for lwp, mutex in cycle]

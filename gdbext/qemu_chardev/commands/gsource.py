@@ -1,9 +1,12 @@
-"""`qemu gsource census` and `qemu gsource trace`: subcommands of the `qemu gsource` prefix."""
+"""`qemu gsource EXPR`, `qemu gsource census` and `qemu gsource trace`."""
 import gdb
 
 from qemu_chardev.readers import census
+from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.readers import glib
+from qemu_chardev.render import base as render
 from qemu_chardev.render import gsource as render_gsource
+from qemu_chardev.target.memory import address_of_expression
 from qemu_chardev.commands.base import QcgCommand, envelope
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers.gsource import read_gsource
@@ -22,6 +25,32 @@ def _address(spec):
             raise QcgError(f"{spec!r} is not an lvalue")
         return int(value.address)
     return int(value)
+
+
+class GSourcePrefix(QcgCommand):
+    """Decode a GSource: refcount, flags, context, id, funcs and callback, state.
+
+Usage: qemu gsource [--json] EXPR
+
+EXPR is a GSource* (or any pointer/address of one, e.g. 's->hup_source' or
+'task->thread->completion').  Read without GLib debug info.  States (the census's words):
+attached, dispatching, unattached, destroyed-referenced (g_source_destroy ran but a
+reference is still held: a leak if nobody points at it), freed (ref_count 0), invalid
+(fields no GSource has: garbage or reused memory)."""
+    command = "qemu gsource"
+    prefix = True
+
+    def build_parser(self, parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("spec", metavar="EXPR", nargs="+")
+
+    def run(self, args, snap):
+        spec = " ".join(args.spec)
+        address, _pointee = address_of_expression(spec)
+        src = read_gsource(snap, address)
+        if src.state == glib_facts.UNREADABLE:
+            raise TargetReadError(f"GSource {spec!r}", address)
+        return render.gsource_block(src, args.colour), envelope(snap, gsource=src.to_json())
 
 
 class GSourceCensus(QcgCommand):
@@ -54,7 +83,8 @@ gsource-use-after-free (a live structure pointing at a source that looks freed).
     def run(self, args, snap):
         result = census.take_census(snap, with_frames=not args.no_frames)
         text = render_gsource.census_text(result, args.colour, show_all=args.all)
-        return text, envelope(snap, census=result.to_json(), findings=result.findings())
+        return text, envelope(snap, census=result.to_json(),
+                              findings=[f.to_json() for f in result.findings()])
 
 
 class GSourceTrace(QcgCommand):
@@ -93,9 +123,9 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
         if not address:
             raise QcgError(f"{spec!r} is NULL: no GSource to trace")
         src = read_gsource(snap, address)
-        if src.verdict == "unreadable":
+        if src.state == glib_facts.UNREADABLE:
             raise TargetReadError(f"GSource {spec!r}", address)
-        if src.verdict == "looks-freed":
+        if src.state in (glib_facts.FREED, glib_facts.INVALID):
             raise QcgError(f"GSource {spec!r} at 0x{address:x} looks freed (ref_count "
                            f"{src.ref_count}): nothing to trace")
         layout = glib.gsource_layout()
@@ -115,4 +145,4 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
                               events=[e.to_json() for e in tracer.events], stopped=reason)
 
 
-COMMANDS = (GSourceCensus, GSourceTrace)
+COMMANDS = (GSourcePrefix, GSourceCensus, GSourceTrace)

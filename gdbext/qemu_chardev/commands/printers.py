@@ -7,8 +7,12 @@ summary and then the structure's own fields as children, so `print *chr` loses n
 import gdb
 import gdb.printing
 
-from qemu_chardev.render import base as render
 from qemu_chardev.model.errors import QcgError
+from qemu_chardev.readers import glib
+from qemu_chardev.readers.chardev import read_chardev
+from qemu_chardev.readers.gsource import read_gsource
+from qemu_chardev.readers.mutex import read_mutex
+from qemu_chardev.render import base as render
 from qemu_chardev.target.snapshot import Snapshot
 
 PRINTER_NAME = "qemu-chardev-gdb"
@@ -39,7 +43,6 @@ class _Printer:
 
 class ChardevPrinter(_Printer):
     def summary(self, snap, address):
-        from qemu_chardev.readers.chardev import read_chardev
         ch = read_chardev(snap, address, in_tree=None)
         text = f"Chardev {ch.label!r} ({ch.type})"
         if ch.is_socket:
@@ -50,7 +53,6 @@ class ChardevPrinter(_Printer):
 
 class MutexPrinter(_Printer):
     def summary(self, snap, address):
-        from qemu_chardev.readers.mutex import read_mutex
         lock = read_mutex(snap, address)
         text = "QemuMutex " + render.lock_summary(lock)
         return text + (f" (locked at {lock.locker})" if lock.locker else "")
@@ -58,10 +60,9 @@ class MutexPrinter(_Printer):
 
 class GSourcePrinter(_Printer):
     def summary(self, snap, address):
-        from qemu_chardev.readers.gsource import read_gsource
         src = read_gsource(snap, address)
         flags = "|".join(src.flag_names) or "none"
-        text = f"GSource {src.verdict} ref_count={src.ref_count} flags={flags} id={src.source_id}"
+        text = f"GSource {src.state} ref_count={src.ref_count} flags={flags} id={src.source_id}"
         if src.funcs_symbol:
             text += f" funcs={src.funcs_symbol}"
         return text
@@ -78,7 +79,6 @@ class HashTablePointerPrinter:
         self.value = value
 
     def to_string(self):
-        from qemu_chardev.readers import glib
         address = int(self.value)
         if not address:
             return "0x0"

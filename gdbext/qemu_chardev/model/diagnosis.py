@@ -7,7 +7,8 @@ are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from qemu_chardev.model.objects import Frame, ptr  # noqa: F401  (Frame is part of this module's API)
+from qemu_chardev.model.objects import ptr
+from qemu_chardev.model.qemu import display_location, frame_roles, innermost_qemu_frame
 
 REPORT_SCHEMA = "qemu-chardev-report/1"
 SEVERITIES = ("error", "warning", "info")
@@ -56,68 +57,6 @@ def is_crash_signal(signo):
     return signo in CRASH_SIGNALS
 
 
-# --- frame classification ----------------------------------------------------------------
-
-# The socket chardev write path (what `ioc-null-during-write` looks for).
-WRITE_ENTRY = "tcp_chr_write"
-CHANNEL_WRITE_PREFIXES = ("qio_channel_writev", "qio_channel_write", "io_channel_send",
-                          "qio_channel_socket_writev")
-# Frames on the way into chr_write_lock (qemu_chr_write_buffer takes it in every version).
-WRITE_PATH_FUNCTIONS = frozenset({"qemu_chr_write_buffer", "qemu_chr_write", WRITE_ENTRY,
-                                  "qemu_chr_fe_write", "qemu_chr_fe_write_all"})
-# Functions that hold chr_write_lock by design besides the write path (QEMU 4.2+).
-LOCKED_DISCONNECT_FUNCTIONS = frozenset({"tcp_chr_disconnect", "tcp_chr_disconnect_locked",
-                                         "socket_reconnect_timeout"})
-# Functions that clear s->ioc (chardev/char-socket.c).
-DISCONNECT_FUNCTIONS = frozenset({"tcp_chr_disconnect", "tcp_chr_disconnect_locked",
-                                  "tcp_chr_free_connection", "char_socket_finalize"})
-LOCK_FUNCTIONS = frozenset({"qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl",
-                            "pthread_mutex_lock", "___pthread_mutex_lock", "__lll_lock_wait",
-                            "lll_mutex_lock_optimized", "futex_wait"})
-EVENT_FUNCTIONS = frozenset({"qemu_chr_be_event"})
-
-
-def display_path(path):
-    """A source path as shown to people: QEMU's headers as "include/...", not the absolute
-    path of the build machine's source tree."""
-    if path and path.startswith("/") and "/include/" in path:
-        return "include/" + path.rsplit("/include/", 1)[1]
-    return path
-
-
-def display_location(frame):
-    return f"{display_path(frame.file)}:{frame.line}" if frame.file else None
-
-
-def is_channel_write(function):
-    return bool(function) and function.startswith(CHANNEL_WRITE_PREFIXES)
-
-
-def in_write_path(function):
-    return function == WRITE_ENTRY or is_channel_write(function)
-
-
-def frame_roles(frame):
-    """What a frame is about: a subset of chardev, channel, task, lock, write-path."""
-    roles = []
-    function = frame.function or ""
-    file = frame.file or ""
-    types = {ptype for _name, ptype, _value in (frame.pointers or ())}
-    if file.startswith("chardev/") or types & {"Chardev", "SocketChardev"} \
-            or function.startswith(("qemu_chr_", "tcp_chr_")):
-        roles.append("chardev")
-    if file.startswith("io/channel") or types & {"QIOChannel", "QIOChannelSocket"} \
-            or function.startswith(("qio_channel", "io_channel")):
-        roles.append("channel")
-    if function.startswith("qio_task") or file == "io/task.c" or "QIOTask" in types:
-        roles.append("task")
-    if function in LOCK_FUNCTIONS:
-        roles.append("lock")
-    if function in WRITE_PATH_FUNCTIONS or is_channel_write(function):
-        roles.append("write-path")
-    return roles
-
-
 # --- models ------------------------------------------------------------------------------
 
 def frame_json(frame, source=None):
@@ -138,10 +77,9 @@ class ThreadFacts:
     waiting_on: Optional[int] = None
 
     def innermost_qemu_frame(self, skip_locking=False):
-        """The newest frame with QEMU debug info (with ``skip_locking``: the first one above
-        the lock functions, i.e. the code that wants the lock)."""
-        return next((f for f in self.frames if getattr(f, "is_qemu", True) and f.file
-                     and not (skip_locking and f.function in LOCK_FUNCTIONS)), None)
+        """The newest QEMU frame (with ``skip_locking``: the first one outside QEMU's lock
+        and thread plumbing, i.e. the code that wants the lock)."""
+        return innermost_qemu_frame(self.frames, skip_plumbing=skip_locking)
 
     def describe(self, skip_locking=False):
         who = f"thread {self.num} (LWP {self.lwp})" if self.num is not None \
@@ -210,15 +148,6 @@ class Finding:
         return {"id": self.id, "severity": self.severity, "chardev": self.chardev,
                 "lwp": self.lwp, "thread": self.thread, "summary": self.summary,
                 "detail": self.detail, "fix": self.fix, "evidence": self.evidence}
-
-
-def finding_from(item):
-    """A Finding from a Finding or from a dict with the same keys (other modules' findings)."""
-    if isinstance(item, Finding):
-        return item
-    return Finding(item["id"], item["severity"], item.get("summary") or "",
-                   item.get("detail") or "", item.get("fix"), item.get("chardev"),
-                   item.get("lwp"), item.get("thread"), dict(item.get("evidence") or {}))
 
 
 @dataclass

@@ -67,13 +67,14 @@ class HashTable:
                 break
             last = name
         else:
-            raise TargetReadError(f"{what} (no known GHashTable layout validates; tried up to {last})",
-                                  address)
+            raise TargetReadError(f"{what} (no known GHashTable layout validates; "
+                                  f"tried up to {last})", address)
         expected = order[0][0]
         if glib_version is not None and self.layout_name != expected:
             version_text = ".".join(map(str, glib_version))
             self.problems.append(f"{what} at 0x{address:x}: GLib {version_text} expects the "
-                                 f"{expected} hash table layout but only {self.layout_name} validated")
+                                 f"{expected} hash table layout but only "
+                                 f"{self.layout_name} validated")
         lay, buf = self._lay, self._buf
         if glib_version is None and self.layout_name == "2.60" \
                 and not _u(buf, lay["big"], 4) & 3:
@@ -112,5 +113,6 @@ class HashTable:
                 out.append((keys[i], values[i]))
         if live != self.nnodes:
             self.problems.append(f"{self.what} at 0x{self.address:x}: {live} live slots but "
-                                 f"nnodes={self.nnodes} (table being modified, or not a hash table)")
+                                 f"nnodes={self.nnodes} (table being modified, or not a hash "
+                                 f"table)")
         return out

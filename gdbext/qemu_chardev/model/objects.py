@@ -105,7 +105,7 @@ class MutexState:
 
 @dataclass
 class GSourceState:
-    """One GSource as read from memory, with its verdict."""
+    """One GSource as read from memory, with its state (``model.glib.STATES``)."""
     address: int
     role: Optional[str] = None           # e.g. "hup_source", "completion"
     ref_count: Optional[int] = None
@@ -120,7 +120,7 @@ class GSourceState:
     callback: Optional[int] = None
     callback_symbol: Optional[str] = None
     callback_data: Optional[int] = None
-    verdict: str = "unreadable"
+    state: str = "unreadable"
     problems: List[str] = field(default_factory=list)
 
     def to_json(self):
@@ -130,7 +130,7 @@ class GSourceState:
             "source_id": self.source_id, "priority": self.priority, "name": self.name,
             "funcs": ptr(self.funcs), "funcs_symbol": self.funcs_symbol,
             "callback": ptr(self.callback), "callback_symbol": self.callback_symbol,
-            "callback_data": ptr(self.callback_data), "verdict": self.verdict,
+            "callback_data": ptr(self.callback_data), "state": self.state,
             "problems": self.problems,
         }
 

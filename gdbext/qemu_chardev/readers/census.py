@@ -4,7 +4,7 @@ Leaked sources are unreachable by definition, so they are found by scanning memo
 than by walking structures: a GSource's ``source_funcs`` (offset 16) points at one of a few
 ``GSourceFuncs`` tables, GLib's exported ones (``g_idle_funcs``, ...) and QEMU's own (from its
 symbol table).  Every 8-byte aligned word equal to such an anchor is a candidate, validated by
-``census_analysis.rejection``.  Only writable memory is scanned: libglib's read-only ``.got``
+``analysis.census.rejection``.  Only writable memory is scanned: libglib's read-only ``.got``
 also holds ``&g_idle_funcs``.
 
 Then the structures that own or borrow GSource pointers are read (chardev fields, live
@@ -12,38 +12,34 @@ QIOTasks, contexts' pending dispatches, parents' child lists, IOWatchPoll.src, l
 sources, QEMU stack frames), so that a destroyed source nobody points at is called leaked
 and a pointer to a freed source is called a use-after-free.
 
-Entry points: ``take_census(snap)`` -> ``Census``; ``findings(snap)`` -> finding dicts.
+Entry points: ``take_census(snap)`` -> ``Census``; ``census_and_findings(snap)``.
 """
 import time
 
 import gdb
 
 from qemu_chardev.analysis import census as ca
-from qemu_chardev.readers import glib
 from qemu_chardev.files import memscan
-from qemu_chardev.readers import qom
-from qemu_chardev.target import memory as target
+from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import QcgError, TargetReadError
+from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
+from qemu_chardev.readers import glib, qom
+from qemu_chardev.readers.chardev import chardev_layout, socket_layout
+from qemu_chardev.readers.qiotask import tasks_in_threads
+from qemu_chardev.target import inferior
+from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import Layout
 
-GLIB_FUNCS = ("g_idle_funcs", "g_timeout_funcs", "g_child_watch_funcs", "g_unix_signal_funcs",
-              "g_unix_fd_source_funcs", "g_io_watch_funcs")
 QEMU_FUNCS = ("qio_channel_fd_source_funcs", "qio_channel_fd_pair_source_funcs",
               "qio_channel_socket_source_funcs", "qio_channel_websock_source_funcs",
               "qio_channel_buffer_source_funcs", "qio_channel_null_source_funcs",
               "qio_channel_tls_source_funcs", "qio_channel_rdma_source_funcs",
               "io_watch_poll_funcs", "fd_source_funcs", "SpiceCharSourceFuncs",
               "aio_source_funcs")
-SOCKET_OWNED = ("hup_source", "telnet_source", "reconnect_timer")
 CHILD_LIMIT = 64
 PENDING_LIMIT = 1 << 16
 LISTENER_LIMIT = 1024
 NAME_LIMIT = 96
-# GMainContext (private): ref_count@48 and pending_dispatches@64 in every GLib 2.56-2.86;
-# GPtrArray {gpointer *pdata; guint len}; GSourcePrivate.child_sources@0 (GSList).
-CONTEXT_REF_OFFSET = 48
-CONTEXT_PENDING_OFFSET = 64
-GSLIST_NEXT_OFFSET = 8
 
 _anchor_cache = target.objfile_cache()
 
@@ -52,7 +48,7 @@ def anchors():
     """{address of a GSourceFuncs table: its name} for every table this target has."""
     if "anchors" not in _anchor_cache:
         found = {}
-        for name in GLIB_FUNCS + QEMU_FUNCS:
+        for name in glib_facts.GLIB_SOURCE_FUNCS + QEMU_FUNCS:
             address = target.symbol_address(name)
             if address:
                 found.setdefault(address, name)
@@ -60,33 +56,17 @@ def anchors():
     return _anchor_cache["anchors"]
 
 
-def _core_path():
-    """The core file gdb has open, from `info target` (gdb 13 has no Python API for it)."""
-    text = gdb.execute("info target", to_string=True)
-    marker = "Local core dump file:"
-    at = text.find(marker)
-    if at < 0:
-        return None
-    rest = text[at + len(marker):]
-    start = rest.find("`")
-    end = rest.find("', file type")
-    if start < 0 or end < start:
-        return None
-    return rest[start + 1:end]
-
-
 def open_reader():
     """A memscan reader for the selected inferior: its core file or its live process."""
-    inferior = gdb.selected_inferior()
-    connection = getattr(inferior, "connection", None)
-    kind = getattr(connection, "type", None) if connection is not None else None
-    if kind == "core" or (kind is None and _core_path()):
-        path = _core_path()
+    kind = inferior.target_kind()
+    if kind == "core":
+        path = inferior.core_file_path()
         if not path:
             raise QcgError("cannot find the core file's name in 'info target'")
         return memscan.CoreReader(path), f"core {path}"
-    if kind == "native" and inferior.pid:
-        return memscan.ProcReader(inferior.pid), f"live process {inferior.pid}"
+    if kind == "live":
+        pid = gdb.selected_inferior().pid
+        return memscan.ProcReader(pid), f"live process {pid}"
     raise QcgError(f"the census needs a core file or a live local process (target: {kind})")
 
 
@@ -101,12 +81,13 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
     except memscan.ScanError as exc:
         raise QcgError(str(exc)) from None
     census = ca.Census(anchors=dict(table), source=source)
-    offsets = _gsource_offsets()
+    offsets = glib.gsource_offsets()
     try:
         try:
             hits, census.bytes_scanned = memscan.scan(reader, table,
                                                       before=offsets["source_funcs"],
-                                                      span=ca.GSOURCE_SIZE, window=window)
+                                                      span=glib_facts.GSOURCE_SIZE,
+                                                      window=window)
         except memscan.ScanError as exc:
             raise QcgError(str(exc)) from None
         census.regions_scanned = sum(1 for r in reader.regions if r.writable and
@@ -132,16 +113,6 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
     return census
 
 
-def findings(snap, with_frames=True):
-    """The census's findings (gsource-leak, gsource-use-after-free) as finding dicts.
-
-    Each dict: {id, severity, chardev, lwp, thread, summary, detail, fix, evidence}, where
-    evidence holds the addresses ("sources", "contexts", "owner", "source").  Problems met on the
-    way are recorded in ``snap`` (the report is then incomplete).
-    """
-    return take_census(snap, with_frames=with_frames).findings()
-
-
 def census_and_findings(snap, with_frames=True):
     """(Census, [finding dict]) in one scan, for callers that show both."""
     census = take_census(snap, with_frames=with_frames)
@@ -149,17 +120,7 @@ def census_and_findings(snap, with_frames=True):
 
 
 def _idle_funcs(table):
-    return next((a for a, n in table.items() if n == "g_idle_funcs"), None)
-
-
-def _gsource_offsets():
-    """GSource field offsets from QEMU's debug info when it has the type, else GLib's."""
-    layout = glib.gsource_layout()
-    offsets = {}
-    for name, default in ca.GSOURCE_OFFSETS.items():
-        f = layout.field(name)
-        offsets[name] = f.offset if f is not None else default
-    return offsets
+    return next((a for a, n in table.items() if n == glib_facts.IDLE_SOURCE_FUNCS), None)
 
 
 def _decode_hits(census, reader, hits, offsets, is_mapped, table):
@@ -170,7 +131,7 @@ def _decode_hits(census, reader, hits, offsets, is_mapped, table):
         if address in seen:
             continue
         seen.add(address)
-        data = hit.data or reader.read(address, ca.GSOURCE_SIZE)
+        data = hit.data or reader.read(address, glib_facts.GSOURCE_SIZE)
         if data is None:
             census.rejected["unreadable"] = census.rejected.get("unreadable", 0) + 1
             continue
@@ -214,15 +175,9 @@ class _Enricher:
                 except TargetReadError:
                     self.names[rec.name_ptr] = None
             rec.name = self.names[rec.name_ptr]
-        if rec.callback_data:
-            data = self.read(rec.callback_data, 32)
-            if data is not None:
-                ref = int.from_bytes(data[0:4], "little", signed=True)
-                func = int.from_bytes(data[8:16], "little")
-                if 0 < ref < 1 << 16 and func:
-                    symbol = target.symbol_name(func)
-                    if symbol is not None:
-                        rec.callback, rec.callback_name = func, symbol
+        func, _data = glib.read_gsource_callback(self.read, rec.callback_data)
+        if func:
+            rec.callback, rec.callback_name = func, target.symbol_name(func)
 
 
 def _context_labels(snap, records):
@@ -234,7 +189,8 @@ def _context_labels(snap, records):
     aio = target.static_value_address("qemu_aio_context")
     if aio:
         try:
-            context = snap.mem.pointer(aio + ca.GSOURCE_OFFSETS["context"], "qemu_aio_context")
+            context = snap.mem.pointer(aio + glib.gsource_offsets()["context"],
+                                       "qemu_aio_context")
         except TargetReadError:
             context = 0
         if context:
@@ -261,7 +217,6 @@ def _owners(snap, census, reader, offsets, with_frames):
 
 
 def _chardev_owners(snap):
-    from qemu_chardev.readers.chardev import chardev_layout, socket_layout
     out = []
     base = chardev_layout()
     sock = socket_layout()
@@ -280,7 +235,7 @@ def _chardev_owners(snap):
             out.append(ca.Owner(gsource, "chardev", f"{label}.gsource", chardev=label))
         if not is_socket:
             continue
-        for role in SOCKET_OWNED:
+        for role in SOCKET_GSOURCE_FIELDS:
             value = view.get(role)
             if value:
                 out.append(ca.Owner(value, "chardev", f"{label}.{role}", chardev=label))
@@ -290,7 +245,6 @@ def _chardev_owners(snap):
         listener = view.get("listener")
         if listener:
             out += _listener_owners(snap, listener, label)
-    from qemu_chardev.readers.qiotask import tasks_in_threads
     for lwp, task in tasks_in_threads(snap):
         ref = snap.thread_ref(lwp)
         out += _task_owners(snap, task, f"QIOTask 0x{task:x} (worker LWP {lwp})", lwp=lwp,
@@ -351,17 +305,20 @@ def _listener_owners(snap, listener, label):
     return out
 
 
+def _u(buf, offset, size):
+    return int.from_bytes(buf[offset:offset + size], "little")
+
+
 def _pending_owners(snap, census, read):
     """Sources in each context's pending_dispatches (each holds a reference)."""
     out = []
     contexts = sorted({rec.context for rec in census.records if rec.ref_count and rec.context})
     for context in contexts:
-        head = read(context, CONTEXT_PENDING_OFFSET + 8)
+        head = read(context, glib_facts.CONTEXT_PENDING_OFFSET + 8)
         if head is None:
             continue
-        ref = int.from_bytes(head[CONTEXT_REF_OFFSET:CONTEXT_REF_OFFSET + 4], "little")
-        array = int.from_bytes(head[CONTEXT_PENDING_OFFSET:CONTEXT_PENDING_OFFSET + 8],
-                               "little")
+        ref = _u(head, glib_facts.CONTEXT_REF_OFFSET, 4)
+        array = _u(head, glib_facts.CONTEXT_PENDING_OFFSET, 8)
         if not 0 < ref < 1 << 20 or not array:
             continue
         arr = read(array, 12)
@@ -399,8 +356,8 @@ def _child_owners(census, read, offsets):
             child = int.from_bytes(cell[0:8], "little")
             if child:
                 out.append(ca.Owner(child, "child", f"child of GSource 0x{rec.address:x}",
-                                    check_freed=bool(rec.flags & ca.G_SOURCE_ACTIVE)))
-            node = int.from_bytes(cell[GSLIST_NEXT_OFFSET:GSLIST_NEXT_OFFSET + 8], "little")
+                                    check_freed=bool(rec.flags & glib_facts.G_SOURCE_ACTIVE)))
+            node = _u(cell, glib_facts.GSLIST_NEXT_OFFSET, 8)
             steps += 1
     return out
 
@@ -413,7 +370,7 @@ def _iowatch_owners(snap, census, by_address):
         return []
     out = []
     for rec in census.records:
-        if rec.funcs_name != "io_watch_poll_funcs" or not rec.flags & ca.G_SOURCE_ACTIVE \
+        if rec.funcs_name != "io_watch_poll_funcs" or not rec.flags & glib_facts.G_SOURCE_ACTIVE \
                 or not rec.ref_count:
             continue
         try:
@@ -440,7 +397,7 @@ def _add_owned_unknowns(census, reader, offsets, is_mapped, enricher):
         if owner.source in known or not owner.check_freed:
             continue
         known.add(owner.source)
-        data = enricher.read(owner.source, ca.GSOURCE_SIZE)
+        data = enricher.read(owner.source, glib_facts.GSOURCE_SIZE)
         if data is None:
             rec = ca.SourceRecord(address=owner.source, found_via="owner",
                                   state=ca.INVALID)

@@ -1,5 +1,5 @@
 """Reading Chardev / SocketChardev and everything hanging off them."""
-from qemu_chardev.analysis import locks as analysis
+from qemu_chardev.model import qemu
 from qemu_chardev.readers import qom
 from qemu_chardev.target import memory as target
 from qemu_chardev.model.errors import QcgError, TargetReadError
@@ -10,7 +10,6 @@ from qemu_chardev.readers.qiotask import read_qiotask
 from qemu_chardev.target.memory import Layout
 
 SOCKET_TYPE = "chardev-socket"
-SOCKET_GSOURCES = ("hup_source", "telnet_source", "reconnect_timer")
 SOCKET_OBJECTS = ("ioc", "sioc", "listener")
 # Fields every version is shown with; a version that lacks one shows "n/a".
 SOCKET_FIELDS_OF_INTEREST = (
@@ -125,7 +124,7 @@ def _watch_poll_sources(snap, address):
 
 
 def _read_socket_part(snap, state, layout, view, deep):
-    state.state = analysis.socket_state_name(display_value(layout, view, "state"))
+    state.state = qemu.socket_state_name(display_value(layout, view, "state"))
     state.ioc = view["ioc"]
     state.sioc = view["sioc"]
     state.listener = view["listener"]
@@ -137,7 +136,7 @@ def _read_socket_part(snap, state, layout, view, deep):
             state.fields[name] = display_value(layout, view, name)
     if not deep:
         return
-    for role in SOCKET_GSOURCES:
+    for role in qemu.SOCKET_GSOURCE_FIELDS:
         address = view[role]
         if address:
             state.gsources.append(read_gsource(snap, address, role=role))

@@ -11,7 +11,8 @@ import os
 
 import gdb
 
-from qemu_chardev.model.diagnosis import FAULT_SIGNALS, CrashFacts, frame_json, is_crash_signal, si_code_name
+from qemu_chardev.model.diagnosis import (FAULT_SIGNALS, CrashFacts, frame_json, is_crash_signal,
+                                          si_code_name)
 from qemu_chardev.target.snapshot import preserved_selection
 
 SOURCE_FILE_LIMIT = 8 << 20
@@ -124,4 +125,3 @@ def stop_json(stop):
         return None
     return {"signal": stop.signal, "signal_name": stop.signal_name, "lwp": stop.lwp,
             "thread": stop.thread}
-

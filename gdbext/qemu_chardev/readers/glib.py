@@ -6,8 +6,9 @@ table header is validated before it is trusted; if validation fails, the other k
 are tried and the caller is told, never handed a silent guess.
 """
 from qemu_chardev.model import ghash
-from qemu_chardev.target import memory as target
+from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import TargetReadError
+from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import FixedLayout, Layout
 
 _version_cache = target.objfile_cache()
@@ -38,21 +39,20 @@ def HashTable(mem, address, what="GHashTable"):
     return ghash.HashTable(mem, address, what, glib_version())
 
 
-# struct _GSource is public and identical since GLib 2.28; QEMU's own debug info normally
-# carries it.  This fallback is used only when it does not.
-_GSOURCE_FALLBACK = FixedLayout("GSource", 96, {
-    "callback_data": (0, 8, "pointer"), "callback_funcs": (8, 8, "pointer"),
-    "source_funcs": (16, 8, "pointer"), "ref_count": (24, 4, "uint"),
-    "context": (32, 8, "pointer"), "priority": (40, 4, "int", True), "flags": (44, 4, "uint"),
-    "source_id": (48, 4, "uint"), "poll_fds": (56, 8, "pointer"), "prev": (64, 8, "pointer"),
-    "next": (72, 8, "pointer"), "name": (80, 8, "pointer"), "priv": (88, 8, "pointer"),
-})
+def _gsource_fallback():
+    fields = {}
+    for name, offset in glib_facts.GSOURCE_OFFSETS.items():
+        if name in glib_facts.GSOURCE_U32_FIELDS:
+            fields[name] = (offset, 4, "uint")
+        elif name in glib_facts.GSOURCE_S32_FIELDS:
+            fields[name] = (offset, 4, "int", True)
+        else:
+            fields[name] = (offset, 8, "pointer")
+    return FixedLayout("GSource", glib_facts.GSOURCE_SIZE, fields)
 
-# GSourceCallback {gint ref_count; GSourceFunc func; gpointer data; GDestroyNotify notify}
-_GSOURCE_CALLBACK = FixedLayout("GSourceCallback", 32, {
-    "ref_count": (0, 4, "int", True), "func": (8, 8, "pointer"),
-    "data": (16, 8, "pointer"), "notify": (24, 8, "pointer"),
-})
+
+# QEMU's debug info normally carries struct _GSource; GLib's public layout otherwise.
+_GSOURCE_FALLBACK = _gsource_fallback()
 
 
 def gsource_layout():
@@ -60,21 +60,23 @@ def gsource_layout():
     return Layout.of("GSource", "struct _GSource") or _GSOURCE_FALLBACK
 
 
-def read_gsource_callback(mem, callback_data):
-    """(func, data) of a GSourceCallback, or (None, None) if it does not look like one.
+def gsource_offsets():
+    """{field: offset} of GSource in this target (debug info when it has the type)."""
+    layout = gsource_layout()
+    return {name: layout.field(name).offset if layout.has(name) else default
+            for name, default in glib_facts.GSOURCE_OFFSETS.items()}
 
-    Without GLib debug info the static ``g_source_callback_funcs`` cannot be named, so the
-    structure is accepted only if its ref_count is sane and ``func`` is a known function.
+
+def read_gsource_callback(read, callback_data):
+    """(func, data) of the GSourceCallback at ``callback_data``, or (None, None).
+
+    ``read(address, size)`` returns bytes or None (a ``Memory`` or a census reader).  The pair
+    is trusted only when ``func`` is a known function (``model.glib.decode_gsource_callback``).
     """
     if not callback_data:
         return None, None
-    try:
-        view = mem.view(_GSOURCE_CALLBACK, callback_data, "GSourceCallback")
-    except TargetReadError:
-        return None, None
-    if not 0 < view["ref_count"] < 1 << 16:
-        return None, None
-    func = view["func"]
+    func, data = glib_facts.decode_gsource_callback(read(callback_data,
+                                                         glib_facts.GSOURCE_CALLBACK_SIZE))
     if not func or target.symbol_name(func) is None:
         return None, None
-    return func, view["data"]
+    return func, data

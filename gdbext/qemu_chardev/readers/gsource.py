@@ -1,42 +1,42 @@
 """Reading GSources (through QEMU's debug info or GLib's stable public layout)."""
-from qemu_chardev.analysis import locks as analysis
-from qemu_chardev.readers import glib
-from qemu_chardev.target import memory as target
+from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import TargetReadError
 from qemu_chardev.model.objects import GSourceState
+from qemu_chardev.readers import glib
+from qemu_chardev.target import memory as target
 
 NAME_LIMIT = 96
 
 
 def read_gsource(snap, address, role=None):
-    """A GSourceState with decoded flags, symbols and a one-word verdict."""
-    state = GSourceState(address=address, role=role)
+    """A GSourceState with decoded flags, symbols and its state (``model.glib.STATES``)."""
+    src = GSourceState(address=address, role=role)
     try:
         view = snap.mem.view(glib.gsource_layout(), address, "GSource")
     except TargetReadError as exc:
-        state.problems.append(str(exc))
-        state.verdict = "unreadable"
-        return state
-    state.ref_count = view["ref_count"]
-    state.flags = view["flags"]
-    state.flag_names = analysis.gsource_flag_names(state.flags)
-    state.context = view["context"]
-    state.source_id = view["source_id"]
-    state.priority = view["priority"]
-    state.funcs = view["source_funcs"]
-    state.verdict = analysis.gsource_verdict(state.ref_count, state.flags, state.context,
-                                             state.priority)
-    if state.verdict == "looks-freed":
-        return state     # the rest is garbage; do not chase its pointers
-    state.funcs_symbol = target.symbol_name(state.funcs)
+        src.problems.append(str(exc))
+        src.state = glib_facts.UNREADABLE
+        return src
+    src.ref_count = view["ref_count"]
+    src.flags = view["flags"]
+    src.flag_names = glib_facts.gsource_flag_names(src.flags)
+    src.context = view["context"]
+    src.source_id = view["source_id"]
+    src.priority = view["priority"]
+    src.funcs = view["source_funcs"]
+    src.state = glib_facts.gsource_state(src.ref_count, src.flags, src.context,
+                                             src.priority)
+    if src.state in (glib_facts.FREED, glib_facts.INVALID):
+        return src     # the rest is garbage; do not chase its pointers
+    src.funcs_symbol = target.symbol_name(src.funcs)
     if view["name"]:
         try:
-            state.name = snap.mem.cstring(view["name"], NAME_LIMIT, "GSource name")
+            src.name = snap.mem.cstring(view["name"], NAME_LIMIT, "GSource name")
         except TargetReadError:
-            state.problems.append("name unreadable")
-    func, data = glib.read_gsource_callback(snap.mem, view["callback_data"])
+            src.problems.append("name unreadable")
+    func, data = glib.read_gsource_callback(snap.mem.try_read, view["callback_data"])
     if func:
-        state.callback = func
-        state.callback_symbol = target.symbol_name(func)
-        state.callback_data = data
-    return state
+        src.callback = func
+        src.callback_symbol = target.symbol_name(func)
+        src.callback_data = data
+    return src

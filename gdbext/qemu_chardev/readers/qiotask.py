@@ -65,3 +65,24 @@ def tasks_in_threads(snap):
                     found.append((lwp, task))
                 break
     return found
+
+
+def reachable_tasks(snap, chardevs):
+    """[QIOTaskState] of every task a chardev's ``connect_task`` or a worker thread holds
+    (one entry per task; a worker's task carries its ``worker_thread``)."""
+    tasks = {}
+    for chardev in chardevs:
+        if chardev.connect_task is not None:
+            tasks[chardev.connect_task.address] = chardev.connect_task
+        else:
+            address = chardev.fields.get("connect_task")
+            if address and address != "n/a":
+                address = int(address, 16)
+                tasks[address] = read_qiotask(snap, address,
+                                              found_via=f"{chardev.label}.connect_task")
+    for lwp, address in tasks_in_threads(snap):
+        task = tasks.get(address) or read_qiotask(snap, address,
+                                                  found_via=f"worker thread LWP {lwp}")
+        task.worker_thread = snap.thread_ref(lwp)
+        tasks[address] = task
+    return list(tasks.values())

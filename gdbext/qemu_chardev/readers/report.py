@@ -5,98 +5,45 @@ own disconnect code), runs the finding rules of ``findings.py`` and returns a JS
 the object that ``qemu diagnose --json`` prints and ``scripts/chardev-postmortem`` collects.
 The schema is docs/report-schema.json.
 
-Extension point for readers that add a section and findings of their own: a provider is
-``provider(snap, facts) -> (section, findings)`` (``facts`` is the ``DiagnosisInput`` with
-chardevs, threads and tasks already read; findings are ``Finding`` objects or dicts with the
-same keys).  Its section lands in ``report["sections"][NAME]``, its findings among the
-others.  Built in: "gsource_census" from ``census.census_and_findings`` when that module is
-present.  ``register_report_provider(name, provider)`` adds more.
+Sections beyond the built-in ones (today the GSource census) are listed in ``SECTIONS``; a
+section that cannot be read is a problem of the report, never its end.
 """
-import importlib
-import re
-
 import gdb
 
 from qemu_chardev import __version__
-from qemu_chardev.readers import binary
-from qemu_chardev.files import elf as corefile
-from qemu_chardev.readers import crash
 from qemu_chardev.analysis import findings
+from qemu_chardev.files import elf as corefile
+from qemu_chardev.readers import binary, census, crash
+from qemu_chardev.target import inferior
 from qemu_chardev.target import memory as target
 from qemu_chardev.readers.chardev import find_chardevs
-from qemu_chardev.model.diagnosis import REPORT_SCHEMA, DiagnosisInput, ThreadFacts, finding_from, frame_json
+from qemu_chardev.model.diagnosis import REPORT_SCHEMA, DiagnosisInput, ThreadFacts, frame_json
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.model.objects import ptr
 from qemu_chardev.readers.mutex import lock_graph
-from qemu_chardev.readers.qiotask import read_qiotask, tasks_in_threads
+from qemu_chardev.readers.qiotask import reachable_tasks
 from qemu_chardev.readers.qom import NoQemuDebugInfo
 
-_registered_providers = []
-_CORE_FILE_RE = re.compile(r"Local core dump file:\s*`(.+?)', file type")
 
-
-def register_report_provider(name, provider):
-    """Call ``provider(snap, facts) -> (section, findings)`` for every report."""
-    _registered_providers.append((name, provider))
-
-
-def _census_provider(snap, _facts):
-    from qemu_chardev.readers import census
+def _census_section(snap):
+    """The GSource census section and its findings."""
     result, found = census.census_and_findings(snap)
     return result.to_json(), found
 
 
-def _optional(name, provider, module):
-    """``provider`` if ``module`` (a sibling module) can be imported, else None."""
-    try:
-        importlib.import_module(f"{__package__}.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__package__}.{module}":
-            return None
-        raise
-    return name, provider
-
-
-def _report_providers(snap, skip):
-    out = []
-    for name, provider, module in (("gsource_census", _census_provider, "census"),):
-        if name in skip:
-            continue
-        try:
-            found = _optional(name, provider, module)
-        except Exception as exc:  # a broken optional module must not lose the report
-            snap.note(f"report section {name} unavailable: {type(exc).__name__}: {exc}")
-            continue
-        if found is not None:
-            out.append(found)
-    return out + [(n, p) for n, p in _registered_providers if n not in skip]
-
-
-def core_file_name():
-    """Path of the core file gdb has open, or None (live process).  gdb 13's Python API has
-    no accessor for it, so it comes from the one line of `info target` that names it."""
-    inferior = gdb.selected_inferior()
-    connection = getattr(inferior, "connection", None)
-    if connection is None or getattr(connection, "type", None) != "core":
-        return None
-    try:
-        text = gdb.execute("info target", to_string=True)
-    except gdb.error:
-        return None
-    match = _CORE_FILE_RE.search(text)
-    return match.group(1) if match else None
+# Sections a report holds besides the built-in ones: name -> reader(snap) -> (json, findings).
+SECTIONS = {"gsource_census": _census_section}
 
 
 def target_json(snap):
     """The report's ``target``: binary, core, pid, QEMU version, build-id; raises QcgError
     when the core was not dumped by this binary."""
-    inferior = gdb.selected_inferior()
     objfile = binary.main_objfile()
     binary_path = objfile.filename if objfile is not None else None
-    core = core_file_name()
-    connection = getattr(inferior, "connection", None)
-    kind = "core" if core or getattr(connection, "type", None) == "core" else "live"
-    out = {"kind": kind, "binary": binary_path, "core": core, "pid": inferior.pid or None,
+    core = inferior.core_file_path()
+    kind = "core" if core or inferior.is_core() else "live"
+    out = {"kind": kind, "binary": binary_path, "core": core,
+           "pid": gdb.selected_inferior().pid or None,
            "build_id": getattr(objfile, "build_id", None) if objfile else None,
            "qemu_version": binary.qemu_version(), "core_program": None}
     if core and binary_path:
@@ -128,19 +75,6 @@ def _mutex_symbols(addresses):
         if name:
             out[address] = name
     return out
-
-
-def _tasks(snap, chardevs):
-    tasks = {}
-    for chardev in chardevs:
-        if chardev.connect_task is not None:
-            tasks[chardev.connect_task.address] = chardev.connect_task
-    for lwp, address in tasks_in_threads(snap):
-        task = tasks.get(address) or read_qiotask(snap, address,
-                                                  found_via=f"worker thread LWP {lwp}")
-        task.worker_thread = snap.thread_ref(lwp)
-        tasks[address] = task
-    return list(tasks.values())
 
 
 def _thread_json(facts, thread, crash_facts):
@@ -183,20 +117,22 @@ def build_report(snap, skip_sections=()):
                            crash=crash_facts, owner_of=owner_of,
                            mutex_symbols=_mutex_symbols(waiting_on.values()),
                            disconnect_locking=binary.disconnect_locking(),
-                           tasks=_tasks(snap, chardevs))
+                           tasks=reachable_tasks(snap, chardevs))
     sections = {}
-    for name, provider in _report_providers(snap, set(skip_sections)):
+    for name, read_section in SECTIONS.items():
+        if name in skip_sections:
+            continue
         try:
-            section, extra = provider(snap, facts)
+            section, extra = read_section(snap)
         except QcgError as exc:
             snap.note(f"{name}: {exc}")
             continue
-        except Exception as exc:  # an optional section must not lose the report
+        except Exception as exc:  # a failing section must not lose the report
             snap.note(f"{name} failed: {type(exc).__name__}: {exc}")
             continue
         if section is not None:
             sections[name] = section
-        facts.extra_findings.extend(finding_from(item) for item in extra or [])
+        facts.extra_findings.extend(extra or [])
     problems = []
     found = findings.diagnose(facts, problems=problems)
     for problem in problems:

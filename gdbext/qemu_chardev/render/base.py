@@ -11,6 +11,8 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the mod
     _tabulate = None
 import importlib.util
 
+from qemu_chardev.model import glib
+
 # pygments costs tens of milliseconds to import: only do it when something is highlighted.
 _HAVE_PYGMENTS = importlib.util.find_spec("pygments") is not None
 
@@ -26,6 +28,7 @@ def _highlight(text, lexer_name):
     from pygments.formatters import TerminalFormatter
     from pygments.lexers import get_lexer_by_name
     return highlight(text, get_lexer_by_name(lexer_name), TerminalFormatter()).rstrip("\n")
+
 
 _COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
 
@@ -164,18 +167,21 @@ def cycle_text(cycle):
     return "; ".join(parts)
 
 
-_VERDICT_COLOURS = {"attached": "green", "dispatching": "green", "unattached": "yellow",
-                    "destroyed-but-referenced": "yellow", "looks-freed": "red",
-                    "unreadable": "red"}
+GSOURCE_STATE_COLOURS = {
+    glib.ATTACHED: "green", glib.DISPATCHING: "green", glib.UNATTACHED: "yellow",
+    glib.DESTROYED_REFERENCED: "yellow", glib.LEAKED: "red", glib.FREED: "red",
+    glib.INVALID: "red", glib.UNREADABLE: "red"}
+SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "dim"}
 
 
-def verdict(text, colour=False):
-    return paint(text, _VERDICT_COLOURS.get(text), colour)
+def gsource_state(state, colour=False):
+    """A GSource state (``model.glib.STATES``), coloured by how bad it is."""
+    return paint(state, GSOURCE_STATE_COLOURS.get(state), colour)
 
 
 def gsource_block(src, colour=False):
     pairs = [("address", f"0x{src.address:x}" + (f" ({src.role})" if src.role else "")),
-             ("verdict", verdict(src.verdict, colour)),
+             ("state", gsource_state(src.state, colour)),
              ("ref_count", src.ref_count),
              ("flags", f"0x{src.flags:x} " + ("|".join(src.flag_names) or "none")
               if src.flags is not None else None),
@@ -197,10 +203,10 @@ def _sym(address, symbol):
 
 def gsource_rows(sources, colour=False):
     return table(["ROLE", "ADDRESS", "REF", "FLAGS", "CONTEXT", "ID", "PRIO", "FUNCS",
-                  "CALLBACK", "VERDICT"],
+                  "CALLBACK", "STATE"],
                  [[s.role, f"0x{s.address:x}", s.ref_count, "|".join(s.flag_names) or "-",
                    pointer(s.context), s.source_id, s.priority, s.funcs_symbol or pointer(s.funcs),
-                   s.callback_symbol or "-", verdict(s.verdict, colour)] for s in sources])
+                   s.callback_symbol or "-", gsource_state(s.state, colour)] for s in sources])
 
 
 def object_rows(objects):

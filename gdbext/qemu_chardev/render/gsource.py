@@ -1,14 +1,12 @@
 """Text rendering of the GSource census and refcount traces (no gdb imports)."""
-from qemu_chardev.analysis import census as ca
 from qemu_chardev.analysis import trace as ta
-from qemu_chardev.render.base import paint, table
+from qemu_chardev.model import glib
+from qemu_chardev.render.base import GSOURCE_STATE_COLOURS, SEVERITY_COLOURS, paint, table
 
-_STATE_COLOURS = {ca.LEAKED: "red", ca.FREED: "dim", ca.INVALID: "red",
-                  ca.DESTROYED_REFERENCED: "yellow", ca.ATTACHED: "green",
-                  ca.DISPATCHING: "green", ca.UNATTACHED: "yellow"}
-_SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "dim"}
-GROUP_COLUMNS = (ca.ATTACHED, ca.DISPATCHING, ca.UNATTACHED, ca.DESTROYED_REFERENCED,
-                 ca.LEAKED, ca.FREED, ca.INVALID)
+# A scan finds many freed sources in the heap, harmless by themselves: not alarming here.
+_STATE_COLOURS = {**GSOURCE_STATE_COLOURS, glib.FREED: "dim"}
+GROUP_COLUMNS = (glib.ATTACHED, glib.DISPATCHING, glib.UNATTACHED, glib.DESTROYED_REFERENCED,
+                 glib.LEAKED, glib.FREED, glib.INVALID)
 GROUP_HEADERS = ("ATTACHED", "DISPATCH", "UNATTACHED", "DESTROYED-REF", "LEAKED", "FREED",
                  "INVALID")
 
@@ -27,9 +25,9 @@ def census_text(census, colour=False, show_all=False):
              f"{census.regions_scanned} regions, {census.seconds:.2f} s ({rate:.0f} MiB/s); "
              f"{len(census.anchors)} GSourceFuncs anchors",
              "  " + ", ".join(paint(f"{state} {counts[state]}", _STATE_COLOURS.get(state)
-                                    if counts[state] and state in (ca.LEAKED, ca.INVALID)
+                                    if counts[state] and state in (glib.LEAKED, glib.INVALID)
                                     else None, colour)
-                              for state in ca.STATES) + f"; total {total}"]
+                              for state in glib.STATES) + f"; total {total}"]
     rejected = sum(census.rejected.values())
     if rejected:
         reasons = ", ".join(f"{why} {n}" for why, n in sorted(census.rejected.items()))
@@ -63,7 +61,7 @@ def census_section_text(section, colour=False):
     counts = section.get("counts") or {}
     head = (f"GSource census: {_mib(section.get('bytes_scanned') or 0)} of writable memory in "
             f"{section.get('regions_scanned')} regions, {section.get('seconds')} s; "
-            + ", ".join(f"{state} {counts.get(state, 0)}" for state in ca.STATES))
+            + ", ".join(f"{state} {counts.get(state, 0)}" for state in glib.STATES))
     lines = [head]
     if section.get("groups"):
         lines.append(groups_table(section["groups"]))
@@ -87,10 +85,10 @@ def source_table(records, colour=False):
 def findings_text(found, colour=False):
     out = []
     for f in found:
-        head = paint(f"{f['severity']}", _SEVERITY_COLOURS.get(f["severity"]), colour)
-        out.append(f"{head} {f['id']}: {f['summary']}")
-        out.append(f"    {f['detail']}")
-        out.append(f"    fix: {f['fix']}")
+        head = paint(f.severity, SEVERITY_COLOURS.get(f.severity), colour)
+        out.append(f"{head} {f.id}: {f.summary}")
+        out.append(f"    {f.detail}")
+        out.append(f"    fix: {f.fix}")
     return "\n".join(out)
 
 

@@ -9,10 +9,11 @@ import textwrap
 import xml.etree.ElementTree as ET
 
 from qemu_chardev.render import base as render
-from qemu_chardev.model.diagnosis import REPORT_SCHEMA, SEVERITIES, display_path
+from qemu_chardev.render.gsource import census_section_text
+from qemu_chardev.model.diagnosis import REPORT_SCHEMA, SEVERITIES
+from qemu_chardev.model.qemu import display_path
 
 WRAP = 100
-_SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "dim"}
 _HIGHLIGHT_ROLES = {"chardev", "channel", "task"}
 
 
@@ -180,7 +181,7 @@ def _finding_lines(finding, colour):
         about.append(f"thread {finding.get('thread')} / LWP {finding.get('lwp')}")
     if about:
         head += "  [" + ", ".join(about) + "]"
-    lines = ["  " + render.paint(head, _SEVERITY_COLOURS.get(severity), colour),
+    lines = ["  " + render.paint(head, render.SEVERITY_COLOURS.get(severity), colour),
              _wrap(finding.get("summary") or "", "    ")]
     if finding.get("detail"):
         lines.append(_wrap(finding["detail"], "    "))
@@ -191,7 +192,6 @@ def _finding_lines(finding, colour):
 
 def _section_lines(name, section, colour=False):
     if name == "gsource_census" and isinstance(section, dict) and "counts" in section:
-        from qemu_chardev.render.gsource import census_section_text
         return ["  " + line for line in census_section_text(section, colour).splitlines()]
     lines = [f"  {name}:"]
     if isinstance(section, dict):
@@ -230,7 +230,7 @@ def text(report, colour=False, show_problems=True):
             ["ADDRESS", "FOUND VIA", "FUNC", "WORKER", "COMPLETION"],
             [[t.get("address"), t.get("found_via"), t.get("func_symbol") or t.get("func"),
               t.get("worker_symbol") or "-",
-              (t.get("completion") or {}).get("verdict", "-")] for t in tasks])))
+              (t.get("completion") or {}).get("state", "-")] for t in tasks])))
     sections = report.get("sections") or {}
     if sections:
         out.append("")

@@ -273,6 +273,13 @@ class Memory:
             self._cache[key] = buf
         return buf
 
+    def try_read(self, address, size):
+        """Like ``read``, but None instead of an error (for pointers that may be garbage)."""
+        try:
+            return self.read(address, size)
+        except TargetReadError:
+            return None
+
     def view(self, layout, address, what=None):
         """Read ``layout.size`` bytes at ``address`` and return a ``View``."""
         return View(layout, address, self.read(address, layout.size, what or layout.name))
@@ -386,4 +393,3 @@ def address_of_expression(spec):
         return int(value), None
     except (gdb.error, gdb.MemoryError) as exc:
         raise TargetReadError(f"{spec!r}: {exc}") from None
-

@@ -11,6 +11,7 @@ import os
 import gdb
 
 from qemu_chardev.model.objects import Frame, ThreadRef
+from qemu_chardev.model.qemu import blocked_on, innermost_qemu_frame
 from qemu_chardev.target.memory import Memory
 
 STACK_DEPTH_LIMIT = 48
@@ -217,30 +218,6 @@ class Snapshot:
                 if mutex:
                     self._lock_waits[lwp] = mutex
         return self._lock_waits
-
-
-LOCK_IMPL_FUNCTIONS = ("qemu_mutex_lock_impl", "qemu_rec_mutex_lock_impl")
-# QEMU's thread primitives: a thread "in" them is really in their caller.
-THREAD_PLUMBING_FILE = "util/qemu-thread-posix.c"
-
-
-def innermost_qemu_frame(frames):
-    """The newest QEMU frame outside QEMU's mutex/cond/event implementation (or None)."""
-    qemu_frames = [f for f in frames if f.is_qemu]
-    for frame in qemu_frames:
-        if frame.file != THREAD_PLUMBING_FILE and frame.function not in LOCK_IMPL_FUNCTIONS:
-            return frame
-    return qemu_frames[0] if qemu_frames else None
-
-
-def blocked_on(frames):
-    """The mutex a stack is blocked on (see ``Snapshot.lock_waits``), or None."""
-    for index, frame in enumerate(frames):
-        if frame.is_qemu:
-            if frame.function in LOCK_IMPL_FUNCTIONS and index > 0:
-                return frame.pointer("mutex")
-            return None
-    return None
 
 
 def colour_wanted():
