@@ -2,6 +2,7 @@
 import pytest
 
 from qemu_chardev.analysis import findings
+from qemu_chardev.model import diagnosis
 from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking, Finding,
                                           ThreadFacts, si_code_name)
 from qemu_chardev.model.objects import Frame
@@ -256,8 +257,8 @@ def test_finding_rejects_unknown_severity_and_serialises():
 
 def test_counts_and_helpers():
     found = findings.diagnose(race_facts())
-    assert findings.count_by_severity(found) == {"error": 1, "warning": 0, "info": 1}
-    assert findings.count_by_severity([x.to_json() for x in found])["error"] == 1
+    assert diagnosis.count_by_severity(found) == {"error": 1, "warning": 0, "info": 1}
+    assert diagnosis.count_by_severity([x.to_json() for x in found])["error"] == 1
     assert si_code_name(11, 1) == "SEGV_MAPERR" and si_code_name(6, -6) == "SI_TKILL"
     roles = frame_roles(writer_stack()[1])
     assert "channel" in roles and "write-path" in roles

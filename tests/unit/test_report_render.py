@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from qemu_chardev.analysis import findings
+from qemu_chardev.model import diagnosis
 from qemu_chardev.render import report as report_render
 from qemu_chardev.model.diagnosis import (CrashFacts, DiagnosisInput, DisconnectLocking,
                                           ThreadFacts, frame_json)
@@ -54,7 +55,7 @@ def race_report():
                      "frames": [frame_json(f) for f in crash_frames()]}],
         "chardevs": [mon.to_json()], "tasks": [], "sections": {},
         "findings": [f.to_json() for f in found],
-        "summary": findings.count_by_severity(found),
+        "summary": diagnosis.count_by_severity(found),
     }
 
 

@@ -389,13 +389,3 @@ def diagnose(facts, providers=None, problems=None):
                             f"{type(exc).__name__}: {exc}")
     found.extend(facts.extra_findings)
     return sort_findings(found)
-
-
-def count_by_severity(findings):
-    """{"error": n, "warning": n, "info": n} of findings (Finding objects or JSON dicts)."""
-    counts = {severity: 0 for severity in SEVERITIES}
-    for finding in findings:
-        severity = finding["severity"] if isinstance(finding, dict) else finding.severity
-        if severity in counts:
-            counts[severity] += 1
-    return counts

@@ -7,10 +7,12 @@ are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from qemu_chardev import __version__
 from qemu_chardev.model.objects import ptr
 from qemu_chardev.model.qemu import display_location, frame_roles, innermost_qemu_frame
 
 REPORT_SCHEMA = "qemu-chardev-report/1"
+TOOL_NAME = "qemu-chardev-gdb"
 SEVERITIES = ("error", "warning", "info")
 
 # Linux x86_64 signal numbers (asm-generic) for the signals a report can show.
@@ -180,3 +182,43 @@ class DiagnosisInput:
             if lock is not None and lock.address == mutex:
                 return chardev
         return None
+
+
+def count_by_severity(findings):
+    """{"error": n, "warning": n, "info": n} of findings (Finding objects or JSON dicts)."""
+    counts = {severity: 0 for severity in SEVERITIES}
+    for finding in findings:
+        severity = finding["severity"] if isinstance(finding, dict) else finding.severity
+        if severity in counts:
+            counts[severity] += 1
+    return counts
+
+
+def new_target(kind, binary=None, core=None, pid=None, build_id=None, qemu_version=None,
+               core_program=None):
+    """The report's ``target`` object (readers add what they learn from the target)."""
+    return {"kind": kind, "binary": binary, "core": core, "pid": pid, "build_id": build_id,
+            "qemu_version": qemu_version, "core_program": core_program}
+
+
+def new_report(target, *, problems=(), error=None, crash=None, threads=(), chardevs=(),
+               tasks=(), sections=None, findings=()):
+    """A "qemu-chardev-report/1" object (docs/report-schema.json): the one place its shape is
+    written, for `qemu diagnose` and for a core that could not be analysed at all
+    (``error``).  ``findings`` are JSON dicts, errors first."""
+    findings = list(findings)
+    return {
+        "schema": REPORT_SCHEMA,
+        "tool": {"name": TOOL_NAME, "version": __version__},
+        "target": target,
+        "complete": not problems and error is None,
+        "problems": list(problems),
+        "error": error,
+        "crash": crash,
+        "threads": list(threads),
+        "chardevs": list(chardevs),
+        "tasks": list(tasks),
+        "sections": dict(sections or {}),
+        "findings": findings,
+        "summary": count_by_severity(findings),
+    }

@@ -24,8 +24,7 @@ def read_gsource(snap, address, role=None):
     src.source_id = view["source_id"]
     src.priority = view["priority"]
     src.funcs = view["source_funcs"]
-    src.state = glib_facts.gsource_state(src.ref_count, src.flags, src.context,
-                                             src.priority)
+    src.state = glib_facts.gsource_state(src.ref_count, src.flags, src.context, src.priority)
     if src.state in (glib_facts.FREED, glib_facts.INVALID):
         return src     # the rest is garbage; do not chase its pointers
     src.funcs_symbol = target.symbol_name(src.funcs)

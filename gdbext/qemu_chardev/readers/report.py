@@ -10,19 +10,19 @@ section that cannot be read is a problem of the report, never its end.
 """
 import gdb
 
-from qemu_chardev import __version__
 from qemu_chardev.analysis import findings
 from qemu_chardev.files import elf as corefile
-from qemu_chardev.readers import binary, census, crash
-from qemu_chardev.target import inferior
-from qemu_chardev.target import memory as target
-from qemu_chardev.readers.chardev import find_chardevs
-from qemu_chardev.model.diagnosis import REPORT_SCHEMA, DiagnosisInput, ThreadFacts, frame_json
+from qemu_chardev.model.diagnosis import (DiagnosisInput, ThreadFacts, frame_json, new_report,
+                                          new_target)
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.model.objects import ptr
+from qemu_chardev.readers import binary, census, crash
+from qemu_chardev.readers.chardev import find_chardevs
 from qemu_chardev.readers.mutex import lock_graph
 from qemu_chardev.readers.qiotask import reachable_tasks
 from qemu_chardev.readers.qom import NoQemuDebugInfo
+from qemu_chardev.target import inferior
+from qemu_chardev.target import memory as target
 
 
 def _census_section(snap):
@@ -42,10 +42,9 @@ def target_json(snap):
     binary_path = objfile.filename if objfile is not None else None
     core = inferior.core_file_path()
     kind = "core" if core or inferior.is_core() else "live"
-    out = {"kind": kind, "binary": binary_path, "core": core,
-           "pid": gdb.selected_inferior().pid or None,
-           "build_id": getattr(objfile, "build_id", None) if objfile else None,
-           "qemu_version": binary.qemu_version(), "core_program": None}
+    out = new_target(kind, binary_path, core, gdb.selected_inferior().pid or None,
+                     getattr(objfile, "build_id", None) if objfile else None,
+                     binary.qemu_version())
     if core and binary_path:
         try:
             info = corefile.read_core(core)
@@ -140,18 +139,8 @@ def build_report(snap, skip_sections=()):
     target_info["stop_signal"] = crash.stop_json(stop_facts) if crash_facts is None else None
     target_info["disconnect_locking"] = facts.disconnect_locking.to_json()
     crash_section = crash.crash_json(snap, crash_facts)
-    return {
-        "schema": REPORT_SCHEMA,
-        "tool": {"name": "qemu-chardev-gdb", "version": __version__},
-        "target": target_info,
-        "complete": not snap.problems,
-        "problems": list(snap.problems),
-        "error": None,
-        "crash": crash_section,
-        "threads": [_thread_json(facts, t, crash_facts) for t in facts.threads],
-        "chardevs": [c.to_json() for c in chardevs],
-        "tasks": [t.to_json() for t in facts.tasks],
-        "sections": sections,
-        "findings": [f.to_json() for f in found],
-        "summary": findings.count_by_severity(found),
-    }
+    return new_report(
+        target_info, problems=snap.problems, crash=crash_section,
+        threads=[_thread_json(facts, t, crash_facts) for t in facts.threads],
+        chardevs=[c.to_json() for c in chardevs], tasks=[t.to_json() for t in facts.tasks],
+        sections=sections, findings=[f.to_json() for f in found])
