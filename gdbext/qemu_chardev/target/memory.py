@@ -95,23 +95,17 @@ class Field:
         return None
 
 
+_KINDS = {gdb.TYPE_CODE_PTR: "pointer", gdb.TYPE_CODE_BOOL: "bool",
+          gdb.TYPE_CODE_ENUM: "enum", gdb.TYPE_CODE_STRUCT: "struct",
+          gdb.TYPE_CODE_UNION: "union", gdb.TYPE_CODE_ARRAY: "array"}
+
+
 def _kind_of(stripped):
+    """(kind, signed) of a type: how ``Field.decode`` reads it."""
     code = stripped.code
-    if code == gdb.TYPE_CODE_PTR:
-        return "pointer", False
-    if code == gdb.TYPE_CODE_BOOL:
-        return "bool", False
-    if code == gdb.TYPE_CODE_ENUM:
-        return "enum", False
     if code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_CHAR):
         return "int", stripped.is_signed if hasattr(stripped, "is_signed") else True
-    if code == gdb.TYPE_CODE_STRUCT:
-        return "struct", False
-    if code == gdb.TYPE_CODE_UNION:
-        return "union", False
-    if code == gdb.TYPE_CODE_ARRAY:
-        return "array", False
-    return "other", False
+    return _KINDS.get(code, "other"), False
 
 
 class Layout:
