@@ -1,31 +1,83 @@
-"""Facts read straight from ELF files on disk: core notes, build-ids, rodata strings.
+"""Facts read straight from ELF files on disk: core notes and segments, build-ids, rodata strings.
 
-Pure Python (stdlib only, no gdb): used inside gdb by ``qemu diagnose`` and outside it by
+Pure Python (no gdb): used inside gdb by ``qemu diagnose`` and the GSource census
+(``memscan.CoreReader`` takes its segment list from ``core_layout``), and outside gdb by
 ``scripts/chardev-postmortem`` to tell whether a core belongs to a binary before analysing it.
+
+pyelftools (Debian: python3-pyelftools) does the parsing: ELF header, program headers, PT_NOTE
+iteration and note decoding, sections.  Only the ELF header, the program headers and PT_NOTE
+bytes of a core are read (at most ``MAX_NOTES_BYTES`` of notes), never its memory segments.
 Only 64-bit little-endian ELF is understood (QEMU cores of x86_64 and aarch64 hosts); anything
-else gives ``ElfError`` with a one-line reason.
+else, and any file pyelftools cannot parse, gives ``ElfError`` with a one-line reason.
 """
+import copy
+import io
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+try:
+    from elftools.common.exceptions import ELFError as _PyElfError
+    from elftools.construct import ConstructError, Padding, Struct, Value
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.enums import ENUM_E_TYPE
+    from elftools.elf.notes import iter_notes as _pyelftools_notes
+except ImportError:                       # reported as an ElfError when a file is read
+    ELFFile = None
+    _PyElfError = ConstructError = ()
 
 ET_EXEC, ET_DYN, ET_CORE = 2, 3, 4
-PT_LOAD, PT_NOTE = 1, 4
-NT_PRSTATUS, NT_PRPSINFO, NT_GNU_BUILD_ID = 1, 3, 3
-NT_SIGINFO = 0x53494749
-NT_FILE = 0x46494C45
-SHT_NOBITS = 8
-
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
+PF_W, PF_R = 2, 4
 MAX_NOTES_BYTES = 64 << 20        # a core's PT_NOTE with thousands of threads stays far below
+MAX_BINARY_NOTES_BYTES = 1 << 20  # an executable's PT_NOTE: a build-id, ABI tag, properties
 MAX_SECTION_BYTES = 256 << 20
+MAX_PHNUM = 1 << 20
+MAX_SECTIONS = 1 << 16
+_IMAGE_BYTES = 1 << 16            # bytes of a core's executable image searched for its build-id
+_IMAGE_PHNUM = 64
+
+# What pyelftools (and its bundled construct) raise on garbage, besides ElfError itself.
+# (RecursionError: a symbol table section linked to itself, for one.)
+_PARSE_ERRORS = (_PyElfError, ConstructError, struct.error, ValueError, TypeError, KeyError,
+                 IndexError, AttributeError, OverflowError, UnicodeDecodeError, RecursionError)
 
 # "qemu-storage-daemon version 7.2.22", "QEMU emulator version 10.2.2 (Debian 1:10.2.2+ds-1)"
 _VERSION_RE = re.compile(rb"(?:qemu-[a-z0-9-]+|QEMU emulator) version "
                          rb"(\d+\.\d+\.\d+[0-9A-Za-z.+~:()\- ]*?)(?:\n|\x00)")
+
+if ELFFile is not None:
+    class _ElfFile(ELFFile):
+        """ELFFile that tolerates a section header table it cannot parse (a core cut off in
+        its section headers, garbage ``e_shoff``): cores need none of it, and section
+        lookups then find nothing instead of the constructor failing."""
+
+        def _get_section_header_stringtable(self):
+            try:
+                return super()._get_section_header_stringtable()
+            except _PARSE_ERRORS:
+                return None
+
+
+class _Bounded:
+    """A file as pyelftools reads it: a seek past the end (a garbage offset, which the OS may
+    refuse with EINVAL) stops at the end, so reading there finds nothing."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._size = handle.seek(0, 2)
+        handle.seek(0)
+
+    def seek(self, offset, whence=0):
+        if whence == 0 and offset > self._size:
+            offset = self._size
+        return self._handle.seek(offset, whence)
+
+    def read(self, size=-1):
+        return self._handle.read(size)
+
+    def tell(self):
+        return self._handle.tell()
 
 
 class ElfError(Exception):
@@ -45,123 +97,293 @@ class CoreInfo:
     signal: Optional[int] = None           # pr_cursig of the first thread (the dumping one)
 
 
-def _read_header(handle, path):
-    head = handle.read(_EHDR.size)
-    if len(head) < 4 or head[:4] != b"\x7fELF":
-        raise ElfError(f"{path}: not an ELF file")
-    if len(head) < _EHDR.size or head[4] != 2 or head[5] != 1:
-        raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
-    return _EHDR.unpack(head)
+@dataclass
+class LoadSegment:
+    """One PT_LOAD program header of a core, and how much of it the file really holds."""
+    vaddr: int
+    memsz: int
+    offset: int
+    filesz: int
+    flags: int
+    present: int                           # bytes of ``filesz`` inside the file (truncation)
+
+    @property
+    def writable(self):
+        return bool(self.flags & PF_W)
+
+    @property
+    def readable(self):
+        return bool(self.flags & PF_R)
 
 
-def _program_headers(handle, ehdr, path):
-    phoff, phentsize, phnum = ehdr[5], ehdr[9], ehdr[10]
+@dataclass
+class CoreLayout:
+    """A core's memory segments and notes, as read by ``core_layout``."""
+    path: str
+    file_size: int
+    phnum: int
+    loads: List[LoadSegment]
+    # NT_FILE: (start, end, file offset in pages, path) of every file-backed mapping
+    mappings: List[Tuple[int, int, int, str]]
+    info: CoreInfo                         # what the notes say (executable fields not set)
+    note_problem: Optional[str] = None     # a PT_NOTE cut off or oversized (read in part)
+
+
+def _fail(path, reason):
+    raise ElfError(f"{path}: {reason}") from None
+
+
+def _need_pyelftools(path):
+    if ELFFile is None:
+        _fail(path, "cannot read ELF files: pyelftools is not installed "
+                    "(Debian: python3-pyelftools)")
+
+
+def _open(handle, path):
+    """A pyelftools ELFFile over ``handle``, checked to be 64-bit little-endian."""
+    _need_pyelftools(path)
+    if handle.read(4) != b"\x7fELF":
+        _fail(path, "not an ELF file")
+    try:
+        elf = _ElfFile(_Bounded(handle))
+    except _PARSE_ERRORS:
+        if handle.seek(0, 2) < 64:
+            _fail(path, "truncated (ELF header cut off)")
+        _fail(path, "not a 64-bit little-endian ELF file")
+    if elf.elfclass != 64 or not elf.little_endian:
+        _fail(path, "not a 64-bit little-endian ELF file")
+    return elf
+
+
+def _e_type(elf):
+    """e_type as a number (pyelftools gives known types by name)."""
+    e_type = elf["e_type"]
+    return ENUM_E_TYPE.get(e_type, e_type) if isinstance(e_type, str) else e_type
+
+
+def elf_type(path):
+    """The ELF file type of ``path`` as a number (``ET_EXEC``, ``ET_DYN``, ``ET_CORE``, ...),
+    or None if it is not an ELF file pyelftools can read.  OSError if it cannot be read."""
+    _need_pyelftools(path)
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"\x7fELF":
+            return None
+        try:
+            return _e_type(_ElfFile(_Bounded(handle)))
+        except _PARSE_ERRORS:
+            return None
+
+
+def _program_headers(elf, path):
+    """Every program header (pyelftools Containers), the table checked against the file."""
+    try:
+        phnum = elf.num_segments()
+    except _PARSE_ERRORS:
+        _fail(path, "corrupt program header table")
     if phnum == 0:
         return []
-    if phentsize != _PHDR.size or phnum > 1 << 20:
-        raise ElfError(f"{path}: corrupt program header table")
-    handle.seek(phoff)
-    raw = handle.read(phentsize * phnum)
-    if len(raw) < phentsize * phnum:
-        raise ElfError(f"{path}: truncated (program headers cut off)")
-    return [_PHDR.unpack_from(raw, i * phentsize) for i in range(phnum)]
+    entry = elf.structs.Elf_Phdr.sizeof()
+    if elf["e_phentsize"] != entry or phnum > MAX_PHNUM:
+        _fail(path, "corrupt program header table")
+    if elf["e_phoff"] + phnum * entry > elf.stream_len:
+        _fail(path, "truncated (program headers cut off)")
+    try:
+        return _segment_headers(elf, phnum)
+    except _PARSE_ERRORS:
+        _fail(path, "corrupt program header table")
 
 
-def iter_notes(data):
-    """(type, name, desc) of every note in a PT_NOTE blob (stops at the first bad one)."""
-    offset = 0
-    while offset + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from("<III", data, offset)
-        offset += 12
-        name_end = offset + namesz
-        desc_start = offset + ((namesz + 3) & ~3)
-        desc_end = desc_start + descsz
-        if desc_end > len(data):
+def _segment_headers(elf, phnum):
+    """The first ``phnum`` program headers, parsed by pyelftools from one read of the table.
+    (Not ``ELFFile.iter_segments``: its PT_DYNAMIC segment object walks every section.)"""
+    entry = elf.structs.Elf_Phdr.sizeof()
+    table = io.BytesIO(_read_segment(elf, elf["e_phoff"], phnum * entry))
+    return [elf.structs.Elf_Phdr.parse_stream(table) for _ in range(phnum)]
+
+
+class _NoteBlob:
+    """What pyelftools' ``iter_notes`` needs of an ELFFile, over PT_NOTE bytes in memory: the
+    notes are read once (bounded) and never past their segment.
+
+    pyelftools 0.29 decodes some descriptors while it walks, from the stream instead of the
+    note's own bytes: NT_PRPSINFO and NT_GNU_ABI_TAG read a fixed size even past a short
+    descriptor, NT_FILE with a garbage entry count runs on through every later note (and parses
+    its names a byte at a time), NT_GNU_PROPERTY_TYPE_0 runs to the end of the segment so the
+    notes after it are lost (pyelftools issue #534).  So the walk decodes none of them (their
+    structs are replaced by ones that read nothing) and ``_notes`` decodes the descriptors we
+    use from each note's own bytes, with pyelftools' structs.
+    """
+
+    def __init__(self, elf, data):
+        real = elf.structs
+        self.structs = copy.copy(real)
+        self.elfclass = elf.elfclass
+        self.little_endian = elf.little_endian
+        self.stream = io.BytesIO(data)
+        self.prpsinfo = real.Elf_Prpsinfo
+        self.prstatus = _prstatus_head(real)
+        parts = real.Elf_Nt_File.subcons            # count, page size, entries, file names
+        self.nt_file_header = Struct("Elf_Nt_File", *parts[:2])
+        self.nt_file_entries = Struct("Elf_Nt_File", *parts[:3])
+        self.nt_file_entry_size = parts[2].subcon.sizeof()
+        for name in ("Elf_Prpsinfo", "Elf_Nt_File", "Elf_abi"):
+            setattr(self.structs, name, Struct(name))
+        # iter_notes steps through the properties by pr_datasz: one step takes it past the end
+        self.structs.Elf_Prop = Struct("Elf_Prop", Value("pr_datasz", lambda _ctx: 1 << 62))
+
+
+_LEFT_UNDECODED = ("NT_PRPSINFO", "NT_FILE", "NT_GNU_ABI_TAG", "NT_GNU_PROPERTY_TYPE_0")
+
+
+def _notes(elf, data):
+    """pyelftools notes in a PT_NOTE blob; stops at the first one that does not parse or does
+    not fit (like readelf).  ``n_desc`` of the CORE notes we use: NT_PRSTATUS and NT_PRPSINFO
+    a Container (None when the descriptor is too short), NT_FILE [(start, end, offset, path)]
+    (empty when corrupt); NT_GNU_BUILD_ID its hex string; anything else the raw bytes."""
+    blob = _NoteBlob(elf, data)
+    walk = _pyelftools_notes(blob, 0, len(data))
+    while True:
+        try:
+            note = next(walk)
+        except StopIteration:
             return
-        yield ntype, data[offset:name_end].rstrip(b"\0"), data[desc_start:desc_end]
-        offset = desc_start + ((descsz + 3) & ~3)
+        except _PARSE_ERRORS:
+            return
+        desc = note["n_descdata"]
+        if len(desc) < note["n_descsz"]:
+            return
+        ntype = note["n_type"]
+        if ntype in _LEFT_UNDECODED:
+            note["n_desc"] = desc
+        if note["n_name"] == "CORE":
+            if ntype == "NT_PRPSINFO":
+                note["n_desc"] = _decode(blob.prpsinfo, desc)
+            elif ntype == "NT_PRSTATUS":
+                note["n_desc"] = _decode(blob.prstatus, desc)
+            elif ntype == "NT_FILE":
+                note["n_desc"] = _file_mappings(blob, desc)
+        yield note
 
 
-def _build_id_from_notes(data):
-    for ntype, name, desc in iter_notes(data):
-        if ntype == NT_GNU_BUILD_ID and name == b"GNU":
-            return desc.hex()
-    return None
+def _decode(struct_, desc):
+    """``struct_`` parsed from the start of ``desc``, or None if ``desc`` is too short."""
+    if len(desc) < struct_.sizeof():
+        return None
+    try:
+        return struct_.parse(desc)
+    except _PARSE_ERRORS:
+        return None
 
 
-def binary_build_id(path):
-    """The GNU build-id of an executable or library (hex), or None if it has none."""
+def _file_mappings(blob, desc):
+    """[(start, end, offset, path)] of an NT_FILE descriptor (empty if it is corrupt)."""
+    header = _decode(blob.nt_file_header, desc)
+    if header is None:
+        return []
+    count = header.num_map_entries
+    if count > (len(desc) - blob.nt_file_header.sizeof()) // blob.nt_file_entry_size:
+        return []
+    stream = io.BytesIO(desc)
+    try:
+        table = blob.nt_file_entries.parse_stream(stream)
+    except _PARSE_ERRORS:
+        return []
+    names = stream.read().split(b"\0")
+    if len(names) <= count:                  # each name ends with a NUL
+        return []
+    return [(m.vm_start, m.vm_end, m.page_offset, name.decode("utf-8", "replace"))
+            for m, name in zip(table.Elf_Nt_File_Entry, names)]
+
+
+def _read_segment(elf, offset, size):
+    """At most ``size`` bytes at ``offset`` (fewer at the end of the file, none past it)."""
+    if size <= 0 or offset >= elf.stream_len:
+        return b""
+    elf.stream.seek(offset)
+    return elf.stream.read(min(size, elf.stream_len - offset))
+
+
+def _prstatus_head(structs):
+    """The start of ``struct elf_prstatus`` (pyelftools 0.29 does not decode NT_PRSTATUS)."""
+    return Struct("Elf_Prstatus_head",
+                  structs.Elf_sword("si_signo"), structs.Elf_sword("si_code"),
+                  structs.Elf_sword("si_errno"), structs.Elf_half("pr_cursig"), Padding(2),
+                  structs.Elf_xword("pr_sigpend"), structs.Elf_xword("pr_sighold"),
+                  structs.Elf_sword("pr_pid"))
+
+
+def _cstring(raw):
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _read_layout(elf, path):
+    e_type = _e_type(elf)
+    if e_type != ET_CORE:
+        kind = {ET_EXEC: "an executable", ET_DYN: "a shared object or PIE executable"}
+        _fail(path, f"not a core file ({kind.get(e_type, 'ELF type %s' % e_type)})")
+    phdrs = _program_headers(elf, path)
+    size = elf.stream_len
+    layout = CoreLayout(path=str(path), file_size=size, phnum=len(phdrs), loads=[],
+                        mappings=[], info=CoreInfo(path=str(path)))
+    info = layout.info
+    for ph in phdrs:
+        if ph.p_type == "PT_LOAD":
+            layout.loads.append(LoadSegment(
+                ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz, ph.p_flags,
+                max(0, min(ph.p_filesz, size - ph.p_offset))))
+            continue
+        if ph.p_type != "PT_NOTE":
+            continue
+        # A note segment cut off by the end of the file or over the bound is a problem
+        # (read_core refuses the core) but what there is of it is still read.
+        if ph.p_offset + ph.p_filesz > size:
+            layout.note_problem = layout.note_problem or "truncated (notes cut off)"
+        elif ph.p_filesz > MAX_NOTES_BYTES:
+            layout.note_problem = layout.note_problem or \
+                f"corrupt note segment ({ph.p_filesz} bytes)"
+        length = min(ph.p_filesz, MAX_NOTES_BYTES, max(0, size - ph.p_offset))
+        for note in _notes(elf, _read_segment(elf, ph.p_offset, length)):
+            if note["n_name"] != "CORE" or note["n_desc"] is None:
+                continue
+            ntype = note["n_type"]
+            if ntype == "NT_PRPSINFO":
+                ps = note["n_desc"]
+                info.pid = ps.pr_pid
+                info.program = _cstring(ps.pr_fname)
+                info.command_line = _cstring(ps.pr_psargs).strip()
+            elif ntype == "NT_PRSTATUS":
+                if info.signal is None:
+                    info.signal = note["n_desc"].pr_cursig
+                info.lwps.append(note["n_desc"].pr_pid)
+            elif ntype == "NT_FILE":
+                layout.mappings = note["n_desc"]
+    return layout
+
+
+def core_layout(path):
+    """A CoreLayout of the core file at ``path``: its PT_LOAD segments (with the bytes a
+    truncated file lacks), NT_FILE mappings and thread/process notes.  ElfError if it is not an
+    ELF core whose program headers can be read; cut-off notes are only recorded."""
     with open(path, "rb") as handle:
-        ehdr = _read_header(handle, path)
-        for p_type, _f, offset, _v, _pa, filesz, _m, _a in _program_headers(handle, ehdr, path):
-            if p_type == PT_NOTE and 0 < filesz < 1 << 20:
-                handle.seek(offset)
-                found = _build_id_from_notes(handle.read(filesz))
-                if found:
-                    return found
-    return None
-
-
-def _parse_file_note(desc):
-    """[(start, end, file offset, path)] of an NT_FILE note."""
-    if len(desc) < 16:
-        return []
-    count, _page = struct.unpack_from("<QQ", desc, 0)
-    if count > 1 << 20 or 16 + 24 * count > len(desc):
-        return []
-    names = desc[16 + 24 * count:].split(b"\0")
-    out = []
-    for i in range(count):
-        start, end, offset = struct.unpack_from("<QQQ", desc, 16 + 24 * i)
-        name = names[i].decode("utf-8", "replace") if i < len(names) else "?"
-        out.append((start, end, offset, name))
-    return out
+        return _read_layout(_open(handle, path), path)
 
 
 def read_core(path):
     """A CoreInfo for the core file at ``path``; ElfError if it is not a usable ELF core."""
     with open(path, "rb") as handle:
-        ehdr = _read_header(handle, path)
-        if ehdr[1] != ET_CORE:
-            kind = {ET_EXEC: "an executable", ET_DYN: "a shared object or PIE executable"}
-            raise ElfError(f"{path}: not a core file ({kind.get(ehdr[1], 'ELF type %d' % ehdr[1])})")
-        phdrs = _program_headers(handle, ehdr, path)
-        info = CoreInfo(path=str(path))
-        mappings = []
-        handle.seek(0, 2)
-        size = handle.tell()
-        for p_type, _f, offset, _v, _pa, filesz, _m, _a in phdrs:
-            if p_type != PT_NOTE:
-                continue
-            if offset + filesz > size:
-                raise ElfError(f"{path}: truncated (notes cut off)")
-            if filesz > MAX_NOTES_BYTES:
-                raise ElfError(f"{path}: corrupt note segment ({filesz} bytes)")
-            handle.seek(offset)
-            for ntype, name, desc in iter_notes(handle.read(filesz)):
-                if name != b"CORE":
-                    continue
-                if ntype == NT_PRPSINFO and len(desc) >= 136:
-                    info.pid = struct.unpack_from("<i", desc, 24)[0]
-                    info.program = desc[40:56].split(b"\0")[0].decode("utf-8", "replace")
-                    info.command_line = desc[56:136].split(b"\0")[0].decode(
-                        "utf-8", "replace").strip()
-                elif ntype == NT_PRSTATUS and len(desc) >= 36:
-                    if info.signal is None:
-                        info.signal = struct.unpack_from("<h", desc, 12)[0]
-                    info.lwps.append(struct.unpack_from("<i", desc, 32)[0])
-                elif ntype == NT_FILE:
-                    mappings = _parse_file_note(desc)
+        elf = _open(handle, path)
+        layout = _read_layout(elf, path)
+        if layout.note_problem:
+            _fail(path, layout.note_problem)
+        info = layout.info
         if not info.lwps:
-            raise ElfError(f"{path}: core file without thread status notes")
-        if mappings:
-            info.executable = _main_executable(mappings, info.program)
-            info.executable_build_id = _core_build_id(handle, phdrs, mappings,
-                                                      info.executable, size)
-        last_end = max((o + s for t, _f, o, _v, _p, s, _m, _a in phdrs if t == PT_LOAD),
-                       default=0)
-        if last_end > size:
-            raise ElfError(f"{path}: truncated ({size} of {last_end} bytes)")
+            _fail(path, "core file without thread status notes")
+        if layout.mappings:
+            info.executable = _main_executable(layout.mappings, info.program)
+            info.executable_build_id = _core_build_id(elf, layout, info.executable)
+        last_end = max((s.offset + s.filesz for s in layout.loads), default=0)
+        if last_end > layout.file_size:
+            _fail(path, f"truncated ({layout.file_size} of {last_end} bytes)")
     return info
 
 
@@ -175,60 +397,66 @@ def _main_executable(mappings, program):
     return paths[0] if paths else None
 
 
-def _core_build_id(handle, phdrs, mappings, executable, size):
+def _core_build_id(elf, layout, executable):
     """The executable's build-id as dumped in the core (its first page holds the ELF header
     and usually the build-id note), or None when the core does not contain it."""
-    starts = [m[0] for m in mappings if m[3] == executable and m[2] == 0]
+    starts = [m[0] for m in layout.mappings if m[3] == executable and m[2] == 0]
     if not starts:
         return None
-    for p_type, _f, offset, vaddr, _pa, filesz, _m, _a in phdrs:
-        if p_type != PT_LOAD or vaddr != starts[0] or filesz < 64 or offset + filesz > size:
+    for seg in layout.loads:
+        if seg.vaddr != starts[0] or seg.filesz < 64 or seg.present < seg.filesz:
             continue
-        handle.seek(offset)
-        page = handle.read(min(filesz, 1 << 16))
-        try:
-            ehdr = _EHDR.unpack_from(page, 0)
-        except struct.error:
-            return None
-        if page[:4] != b"\x7fELF":
-            return None
-        phoff, phnum = ehdr[5], ehdr[10]
-        for i in range(min(phnum, 64)):
-            start = phoff + i * _PHDR.size
-            if start + _PHDR.size > len(page):
-                break
-            n_type, _nf, n_off, _nv, _np, n_size, _nm, _na = _PHDR.unpack_from(page, start)
-            if n_type == PT_NOTE and n_off + n_size <= len(page):
-                found = _build_id_from_notes(page[n_off:n_off + n_size])
-                if found:
-                    return found
+        image = _read_segment(elf, seg.offset, min(seg.filesz, _IMAGE_BYTES))
+        return _build_id_in_image(image)
     return None
 
 
-def section_bytes(path, name):
-    """The contents of section ``name`` of an ELF file, or None if it has no such section."""
+def _build_id_in_image(image):
+    """The build-id note of an ELF image mapped from file offset 0 (in memory), or None."""
+    try:
+        elf = _ElfFile(io.BytesIO(image))
+        headers = _segment_headers(elf, min(elf["e_phnum"], _IMAGE_PHNUM))
+    except _PARSE_ERRORS:
+        return None
+    return _build_id_in(elf, headers, len(image))
+
+
+def _build_id_in(elf, headers, limit):
+    for ph in headers:
+        if ph.p_type != "PT_NOTE" or not 0 < ph.p_filesz <= MAX_BINARY_NOTES_BYTES \
+                or ph.p_offset + ph.p_filesz > limit:
+            continue
+        for note in _notes(elf, _read_segment(elf, ph.p_offset, ph.p_filesz)):
+            if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                return note["n_desc"]
+    return None
+
+
+def binary_build_id(path):
+    """The GNU build-id of an executable or library (hex), or None if it has none."""
     with open(path, "rb") as handle:
-        ehdr = _read_header(handle, path)
-        shoff, shentsize, shnum, shstrndx = ehdr[6], ehdr[11], ehdr[12], ehdr[13]
-        if not shoff or shentsize != _SHDR.size or shnum > 1 << 16 or shstrndx >= shnum:
-            return None
-        handle.seek(shoff)
-        raw = handle.read(shentsize * shnum)
-        if len(raw) < shentsize * shnum:
-            return None
-        headers = [_SHDR.unpack_from(raw, i * shentsize) for i in range(shnum)]
-        strtab = headers[shstrndx]
-        handle.seek(strtab[4])
-        names = handle.read(min(strtab[5], 1 << 20))
-        wanted = name.encode()
-        for sh in headers:
-            end = names.find(b"\0", sh[0])
-            if names[sh[0]:end if end >= 0 else None] != wanted:
-                continue
-            if sh[1] == SHT_NOBITS or sh[5] > MAX_SECTION_BYTES:
+        elf = _open(handle, path)
+        return _build_id_in(elf, _program_headers(elf, path), elf.stream_len)
+
+
+def section_bytes(path, name):
+    """The contents of section ``name`` of an ELF file, or None if it has no such section
+    (or its section table cannot be read).  ElfError if it is not a 64-bit ELF file."""
+    with open(path, "rb") as handle:
+        elf = _open(handle, path)
+        try:
+            count = elf.num_sections()
+            if count > MAX_SECTIONS:
                 return None
-            handle.seek(sh[4])
-            return handle.read(sh[5])
+            for index in range(count):
+                section = elf.get_section(index)
+                if section.name != name:
+                    continue
+                if section["sh_type"] == "SHT_NOBITS" or section.data_size > MAX_SECTION_BYTES:
+                    return None
+                return section.data()
+        except _PARSE_ERRORS:
+            return None
     return None
 
 
