@@ -1,10 +1,16 @@
-"""memscan: ELF core segments and NT_FILE, /proc maps, and both search backends."""
+"""memscan: core segments and NT_FILE mappings (from files/elf.py), /proc maps, both search
+backends; synthetic cores from elfbuild and a gcore of a real process."""
 import os
+import re
+import shutil
 import struct
+import subprocess
 
 import pytest
 
+import elfbuild as eb
 from qemu_chardev.files import memscan
+from realcore import AT_ENTRY, AT_PHDR, sleep_core  # noqa: F401  (sleep_core: a fixture)
 
 GLIB = 0x7F20E4566380
 GLIB2 = 0x7F20E4566300
@@ -79,25 +85,11 @@ def test_scan_windows_and_hit_bytes(backend):
 
 
 def build_core(path, segments, files=(), truncate=None):
-    """A minimal ELF64 core: PT_NOTE with NT_FILE, then PT_LOAD segments (vaddr, flags, data)."""
-    desc = struct.pack("<QQ", len(files), 4096)
-    desc += b"".join(struct.pack("<QQQ", s, e, 0) for s, e in files)
-    desc += b"".join(b"/lib/x.so\0" for _ in files)
-    desc += b"\0" * (-len(desc) % 4)
-    note = struct.pack("<III", 5, len(desc), memscan.NT_FILE) + b"CORE\0\0\0\0" + desc
-    phnum = 1 + len(segments)
-    offset = 64 + 56 * phnum
-    phdrs = struct.pack("<IIQQQQQQ", memscan.PT_NOTE, 4, offset, 0, 0, len(note), 0, 1)
-    offset += len(note)
-    body = note
-    for vaddr, flags, data in segments:
-        phdrs += struct.pack("<IIQQQQQQ", memscan.PT_LOAD, flags, offset, vaddr, 0, len(data),
-                             len(data), 0x1000)
-        body += data
-        offset += len(data)
-    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + b"\0" * 9, 4, 62, 1, 0,
-                       64, 0, 0, 64, 56, phnum, 64, 0, 0)
-    blob = ehdr + phdrs + body
+    """A minimal ELF64 core (elfbuild): PT_NOTE with NT_FILE, then PT_LOADs (vaddr, flags,
+    data)."""
+    notes = eb.note(eb.NT_FILE, b"CORE",
+                    eb.file_note([(start, end, 0, "/lib/x.so") for start, end in files]))
+    blob = eb.core(notes, loads=segments).build()
     path.write_bytes(blob[:truncate] if truncate else blob)
     return path
 
@@ -105,19 +97,39 @@ def build_core(path, segments, files=(), truncate=None):
 def test_core_reader_segments_notes_and_reads(tmp_path):
     rw = memory_with({0x40: QEMU}, 0x2000)
     ro = memory_with({0x80: GLIB}, 0x1000)      # read-only: never scanned
-    core = build_core(tmp_path / "t.core", [(0x555500000000, 6, rw), (0x7F0000000000, 4, ro)],
+    core = build_core(tmp_path / "t.core", [(0x7F0000000000, 4, ro), (0x555500000000, 6, rw)],
                       files=[(0x7F1000000000, 0x7F1000004000)])
     reader = memscan.CoreReader(str(core))
     try:
         assert [(r.start, r.writable, r.size) for r in reader.regions] == [
-            (0x555500000000, True, 0x2000), (0x7F0000000000, False, 0x1000)]
+            (0x555500000000, True, 0x2000), (0x7F0000000000, False, 0x1000)]   # sorted
         assert reader.extra_mapped == [(0x7F1000000000, 0x7F1000004000)]
+        assert reader.missing == 0
         hits, scanned = memscan.scan(reader, ANCHORS)
         assert scanned == 0x2000 and [h.address for h in hits] == [0x555500000040]
         assert reader.read(0x555500000040, 8) == struct.pack("<Q", QEMU)
+        assert reader.read(0x7F0000000080, 8) == struct.pack("<Q", GLIB)
         assert reader.read(0x555500001FFC, 8) is None     # runs off the segment
+        assert reader.read(0x1000, 8) is None             # below every segment
         mapped = memscan.RegionMap(reader.regions, reader.extra_mapped)
         assert 0x7F1000000010 in mapped and 0x7F1000004000 not in mapped
+        assert 0x555500001FFF in mapped and 0x555500002000 not in mapped
+    finally:
+        reader.close()
+
+
+def test_segments_without_file_bytes(tmp_path):
+    """memsz > filesz (a segment the dump left out, or .bss): mapped, but no bytes to read."""
+    image = eb.core(b"", loads=[(0x555500000000, 6, b"\1" * 0x1000),
+                                (0x555600000000, 6, b"")])
+    image.segments[2].memsz = 0x4000
+    image.add(eb.PT_LOAD, b"", vaddr=0x555700000000, flags=6)       # memsz 0: left out
+    reader = memscan.CoreReader(str(image.write(tmp_path / "c")))
+    try:
+        assert [(r.start, r.end, r.size) for r in reader.regions] == [
+            (0x555500000000, 0x555500001000, 0x1000), (0x555600000000, 0x555600004000, 0)]
+        assert reader.missing == 0 and memscan.scan(reader, ANCHORS)[1] == 0x1000
+        assert 0x555600003000 in memscan.RegionMap(reader.regions)
     finally:
         reader.close()
 
@@ -127,18 +139,110 @@ def test_truncated_core_counts_missing_bytes(tmp_path):
     core = build_core(tmp_path / "t.core", [(0x555500000000, 6, rw)], truncate=-0x800)
     reader = memscan.CoreReader(str(core))
     assert reader.missing == 0x800 and reader.regions[0].size == 0x1800
+    hits, scanned = memscan.scan(reader, ANCHORS)
+    assert scanned == 0x1800 and reader.missing == 0x800
     reader.close()
 
 
-@pytest.mark.parametrize("content,message", [(b"not an elf at all" * 8, "not an ELF file"),
-                                             (b"\x7fELF\x01\x01" + b"\0" * 80, "64-bit")])
+def test_truncated_read_only_segments_are_not_missing_memory(tmp_path):
+    core = build_core(tmp_path / "t.core", [(0x555500000000, 6, b"\0" * 0x1000),
+                                            (0x7F0000000000, 4, b"\0" * 0x1000)],
+                      truncate=-0x1800)
+    reader = memscan.CoreReader(str(core))
+    assert reader.missing == 0x800 and [r.size for r in reader.regions] == [0x800, 0]
+    reader.close()
+
+
+def test_notes_cut_off_and_garbage_notes_still_give_segments(tmp_path):
+    """A cut or garbage note segment loses mappings, never the memory segments."""
+    files = [(0x7F1000000000 + 0x10000 * i, 0x7F1000001000 + 0x10000 * i) for i in range(40)]
+    image = eb.core(eb.note(eb.NT_FILE, b"CORE", eb.file_note(
+        [(s, e, 0, "/lib/libglib-2.0.so.0") for s, e in files])),
+        loads=[(0x555500000000, 6, b"\0" * 0x1000)], notes_last=True)
+    data = image.build()
+    (tmp_path / "cut.core").write_bytes(data[:-100])
+    reader = memscan.CoreReader(str(tmp_path / "cut.core"))
+    assert reader.extra_mapped == [] and [r.size for r in reader.regions] == [0x1000]
+    reader.close()
+    huge = eb.core(eb.note(eb.NT_FILE, b"CORE", eb.file_note(
+        [(s, e, 0, "/x") for s, e in files], count=1 << 62)),
+        loads=[(0x555500000000, 6, b"\0" * 0x1000)])
+    reader = memscan.CoreReader(str(huge.write(tmp_path / "count.core")))
+    assert reader.extra_mapped == [] and len(reader.regions) == 1
+    reader.close()
+
+
+def _one_line_scan_error(path, message):
+    with pytest.raises(memscan.ScanError) as caught:
+        memscan.CoreReader(str(path))
+    assert "\n" not in str(caught.value)
+    assert re.search(message, str(caught.value)), str(caught.value)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not an elf at all" * 8, "not an ELF file"),
+    (b"", "not an ELF file"),
+    (b"\x7fELF\x01\x01" + b"\0" * 80, "64-bit"),
+    (b"\x7fELF\x02\x01\x01" + b"\0" * 20, "truncated"),
+    (b"\x7fELF" + bytes(range(256)) * 4, "not a 64-bit"),
+])
 def test_bad_core_files(tmp_path, content, message):
     path = tmp_path / "bad.core"
     path.write_bytes(content)
-    with pytest.raises(memscan.ScanError, match=message):
-        memscan.CoreReader(str(path))
+    _one_line_scan_error(path, message)
     with pytest.raises(memscan.ScanError, match="cannot read core file"):
         memscan.CoreReader(str(tmp_path / "missing.core"))
+
+
+def test_bad_core_program_headers(tmp_path):
+    exe = eb.Image(eb.ET_DYN).add(eb.PT_LOAD, b"\0" * 64).write(tmp_path / "exe")
+    _one_line_scan_error(exe, "not a core file")
+    image = build_core(tmp_path / "t.core", [(0x555500000000, 6, b"\0" * 64)])
+    data = image.read_bytes()
+    (tmp_path / "cut").write_bytes(data[:64 + 56 + 10])
+    _one_line_scan_error(tmp_path / "cut", "truncated \\(program headers cut off\\)")
+    many = eb.core(b"")
+    many.phnum = 0xFFFF - 1
+    _one_line_scan_error(many.write(tmp_path / "many"), "program headers cut off")
+    _one_line_scan_error(eb.Image(eb.ET_CORE).write(tmp_path / "none"),
+                         "core file without program headers")
+
+
+def _readelf_loads(path):
+    """(vaddr, memsz, offset, filesz, writable) of every LOAD line of binutils' readelf -l."""
+    if not shutil.which("readelf"):
+        pytest.skip("binutils' readelf is not installed")
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, LC_ALL="C")).stdout
+    loads = []
+    for offset, vaddr, filesz, memsz, flags in re.findall(
+            r"^\s*LOAD\s+(0x\w+)\s+(0x\w+)\s+0x\w+\s+(0x\w+)\s+(0x\w+)\s+([RWE ]+?)\s+0x",
+            out, re.M):
+        loads.append((int(vaddr, 16), int(memsz, 16), int(offset, 16), int(filesz, 16),
+                      "W" in flags))
+    assert loads, out
+    return sorted(loads)
+
+
+def test_real_core_segments_and_scan(sleep_core):  # noqa: F811
+    reader = memscan.CoreReader(str(sleep_core.path))
+    try:
+        assert reader.missing == 0
+        assert sorted((r.start, r.length, r.offset, r.size, r.writable)
+                      for r in reader.regions) == _readelf_loads(sleep_core.path)
+        assert {(start, end) for start, end, _p in sleep_core.maps} <= set(reader.extra_mapped)
+        exe_start = min(s for s, _e, p in sleep_core.maps if p == sleep_core.executable)
+        assert reader.read(exe_start, 4) == b"\x7fELF"
+        # the auxiliary vector sits on the (writable) stack: AT_PHDR and AT_ENTRY words there
+        anchors = {sleep_core.auxv[AT_PHDR]: "phdr", sleep_core.auxv[AT_ENTRY]: "entry"}
+        for backend in BACKENDS:
+            hits, scanned = memscan.scan(reader, anchors, backend=backend)
+            assert scanned == sum(r.size for r in reader.regions if r.writable)
+            keys = {h.value: reader.read(h.address - 8, 8) for h in hits}
+            assert keys[sleep_core.auxv[AT_PHDR]] == struct.pack("<Q", AT_PHDR)
+            assert keys[sleep_core.auxv[AT_ENTRY]] == struct.pack("<Q", AT_ENTRY)
+    finally:
+        reader.close()
 
 
 def test_proc_reader_on_this_process():

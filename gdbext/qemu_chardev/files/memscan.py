@@ -7,27 +7,21 @@ by bytes 2..5 of their value and each group is searched with one 4-byte needle; 
 only when it sits at bytes 2..5 of an 8-byte aligned word whose full value is an anchor.  This
 runs at several GB/s, about the speed of reading the memory at all.
 
-Memory comes from a core file (its writable PT_LOAD segments, read in bounded windows) or
-from a live process (``/proc/PID/maps`` and ``/proc/PID/mem``, opened read-only).  Nothing is
-ever written.
+Memory comes from a core file (its writable PT_LOAD segments, listed by ``elf.core_layout``,
+read in bounded windows) or from a live process (``/proc/PID/maps`` and ``/proc/PID/mem``,
+opened read-only).  Nothing is ever written.
 """
 import bisect
 import os
 import struct
 from dataclasses import dataclass
 
+from qemu_chardev.files import elf
+
 WINDOW = 4 << 20            # bytes read and searched at a time (bounded memory)
 # Readers put a window's first byte LEAD bytes into their buffer: bytes 2..5 of every 8-byte
 # word (the needle) then sit at 4-byte aligned positions, which numpy compares twice as fast.
 LEAD = 6
-PT_LOAD = 1
-PT_NOTE = 4
-NT_FILE = 0x46494C45
-NOTE_LIMIT = 64 << 20
-PF_W = 2
-PF_R = 4
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
 
 
 class ScanError(Exception):
@@ -51,80 +45,32 @@ class Region:
 
 
 def core_regions(path):
-    """Every PT_LOAD segment of an ELF core: [Region], plus the bytes missing at its end.
+    """The PT_LOAD segments of an ELF core (``elf.core_layout`` reads its headers).
 
-    ``size`` is how much of a segment the file really holds (a truncated core holds less).
-    Returns (regions, missing_bytes).
+    Returns ([Region] sorted by address, missing bytes, [(start, end)] of the file-backed
+    mappings its NT_FILE note lists).  ``size`` is how much of a segment the file really holds
+    (a truncated core holds less); the writable bytes it lacks are the missing bytes.  Segments
+    of a core hold only what was dumped: read-only file contents (a library's .rodata, where
+    static GSource names live) are often left out but are still mapped.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(_EHDR.size)
-            file_size = os.fstat(f.fileno()).st_size
-            if len(head) < _EHDR.size or head[:4] != b"\x7fELF":
-                raise ScanError(f"{path}: not an ELF file")
-            if head[4] != 2 or head[5] != 1:
-                raise ScanError(f"{path}: not a 64-bit little-endian ELF core")
-            fields = _EHDR.unpack(head)
-            e_type, phoff, phentsize, phnum = fields[1], fields[5], fields[9], fields[10]
-            if e_type != 4:
-                raise ScanError(f"{path}: ELF type {e_type}, not a core file")
-            if phentsize != _PHDR.size or phnum == 0 or phnum > 1 << 20:
-                raise ScanError(f"{path}: bad program header table")
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
+        layout = elf.core_layout(path)
     except OSError as exc:
         raise ScanError(f"cannot read core file {path}: {exc.strerror}") from None
-    if len(table) < phentsize * phnum:
-        raise ScanError(f"{path}: truncated program header table")
-    regions, missing, notes = [], 0, []
-    for i in range(phnum):
-        p_type, p_flags, off, vaddr, _pa, filesz, memsz, _al = _PHDR.unpack_from(table,
-                                                                                i * phentsize)
-        if p_type == PT_NOTE and filesz:
-            notes.append((off, min(filesz, NOTE_LIMIT)))
-        if p_type != PT_LOAD or memsz == 0:
+    except elf.ElfError as exc:
+        raise ScanError(str(exc)) from None
+    if not layout.phnum:
+        raise ScanError(f"{path}: core file without program headers")
+    regions, missing = [], 0
+    for seg in layout.loads:
+        if seg.memsz == 0:
             continue
-        have = max(0, min(filesz, file_size - off))
-        if filesz and p_flags & PF_W:
-            missing += filesz - have
-        regions.append(Region(vaddr, vaddr + memsz, off, have, bool(p_flags & PF_W),
-                              bool(p_flags & PF_R)))
+        if seg.filesz and seg.writable:
+            missing += seg.filesz - seg.present
+        regions.append(Region(seg.vaddr, seg.vaddr + seg.memsz, seg.offset, seg.present,
+                              seg.writable, seg.readable))
     regions.sort(key=lambda r: r.start)
-    return regions, missing, notes
-
-
-def file_mappings(path, notes):
-    """[(start, end)] of the file-backed mappings an NT_FILE note lists (may be empty).
-
-    Segments of a core hold only what was dumped; read-only file contents (a library's
-    .rodata, where static GSource names live) are often left out but are still mapped.
-    """
-    out = []
-    try:
-        with open(path, "rb") as f:
-            for off, size in notes:
-                f.seek(off)
-                out += _nt_file(f.read(size))
-    except OSError:
-        return out
-    return out
-
-
-def _nt_file(data):
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
-        pos += 12
-        name_end = pos + ((namesz + 3) & ~3)
-        desc = data[name_end:name_end + descsz]
-        pos = name_end + ((descsz + 3) & ~3)
-        if ntype != NT_FILE or len(desc) < 16:
-            continue
-        count = struct.unpack_from("<Q", desc, 0)[0]
-        if count > len(desc) // 24:
-            return []
-        return [struct.unpack_from("<QQ", desc, 16 + 24 * i) for i in range(count)]
-    return []
+    return regions, missing, [(start, end) for start, end, _off, _name in layout.mappings]
 
 
 def proc_regions(pid):
@@ -176,8 +122,7 @@ class CoreReader:
 
     def __init__(self, path):
         self.path = path
-        self.regions, self.missing, notes = core_regions(path)
-        self.extra_mapped = file_mappings(path, notes)
+        self.regions, self.missing, self.extra_mapped = core_regions(path)
         try:
             self._file = open(path, "rb")
         except OSError as exc:
