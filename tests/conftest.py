@@ -15,6 +15,7 @@ if str(TESTS_DIR) not in sys.path:
 import support  # noqa: E402  (needs the sys.path entry above)
 
 REAL_DIR = TESTS_DIR / "real"
+GDB_DIR = TESTS_DIR / "gdb"
 
 
 def pytest_configure(config):
@@ -22,13 +23,20 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "real: needs real QEMU builds (fixtures/qemu/build-qemu); "
                    "versions from env QCG_QEMU_VERSIONS (default '7.2 10.2')")
+    config.addinivalue_line(
+        "markers", "gdb: runs gdb on small C programs of fixtures/c/ that it compiles itself "
+                   "(gcc, GLib headers); no QEMU; seconds")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/real/ is marked `real`, so `-m 'not real'` skips it."""
+    """Everything under tests/real/ is marked `real`, so `-m 'not real'` skips it; everything
+    under tests/gdb/ is marked `gdb`, so `-m gdb` runs that tier alone."""
     for item in items:
-        if REAL_DIR in Path(str(item.fspath)).parents:
+        parents = Path(str(item.fspath)).parents
+        if REAL_DIR in parents:
             item.add_marker(pytest.mark.real)
+        elif GDB_DIR in parents:
+            item.add_marker(pytest.mark.gdb)
 
 
 def _require_build(version: str, variant: str) -> support.QemuBuild:
