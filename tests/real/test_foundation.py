@@ -271,18 +271,30 @@ def _check_lock_held_by_main(pid, listing, mutex):
     assert mutex["waiters"] == []
 
 
-def test_lock_owner_while_stopped_in_write_live(stopped_in_write):
-    pid, live, _core = stopped_in_write
-    _check_lock_held_by_main(pid, live.json(0), live.json(1)["mutex"])
-    raw_file = live.outputs[3]
-    # --enable-debug-mutex records where the lock was taken: chardev/char.c (qemu_chr_write_buffer)
-    assert "char.c" in raw_file
-    assert live.json(1)["mutex"]["locker"].endswith(
-        re.search(r'"(.*)"', raw_file).group(1).split("/")[-1] + ":"
-        + live.json(1)["mutex"]["locker"].rsplit(":", 1)[1])
+def test_lock_owner_while_stopped_in_write_live(qemu, stopped_in_write):
+    pid, live, core = stopped_in_write
+    mutex = live.json(1)["mutex"]
+    _check_lock_held_by_main(pid, live.json(0), mutex)
+    # --enable-debug-mutex records in the QemuMutex where it was locked (its `file` and `line`
+    # fields). Plain gdb, without the extension, reads them from the core taken at this stop.
+    raw_file_text, raw_line = support.raw_gdb_values(
+        qemu.storage_daemon, core=core,
+        exprs=[f"((QemuMutex *){mutex['address']})->file",
+               f"((QemuMutex *){mutex['address']})->line"])
+    raw_file = re.search(r'"(.*)"', raw_file_text).group(1)
+    assert re.search(r'"(.*)"', live.outputs[3]).group(1) == raw_file   # live gdb, same field
+    locker_file, _, locker_line = mutex["locker"].rpartition(":")
+    assert int(locker_line) == int(raw_line)
+    # the recorded path as is ("../chardev/char.c", relative to the build directory) or
+    # without its leading "../"
+    assert locker_file in (raw_file, raw_file[3:] if raw_file.startswith("../") else raw_file)
+    # and that source line is where chr_write_lock is taken (qemu_chr_write_buffer)
+    source = (qemu.build_dir / raw_file).resolve()
+    assert source.name == "char.c"
+    assert "chr_write_lock" in source.read_text().splitlines()[int(raw_line) - 1]
     text = live.outputs[2]
     assert f"held by LWP {pid} (thread 1) in tcp_chr_write" in text
-    assert "locked at" in text and "char.c:" in text
+    assert re.search(r"locked at\s+" + re.escape(mutex["locker"]) + r"\b", text), text
 
 
 def test_lock_owner_while_stopped_in_write_core(qemu, stopped_in_write):
