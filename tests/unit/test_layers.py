@@ -39,9 +39,15 @@ LAZY_IMPORTS_ALLOWED = {
     ("render/base.py", "pygments.formatters"),
     ("render/base.py", "pygments.lexers"),
     ("files/memscan.py", "numpy"),             # optional accelerator of the census scan
+    # pyelftools costs tens of ms to import: only when a file is parsed (files/elf._Pyelftools)
+    ("files/elf.py", "elftools.common.exceptions"),
+    ("files/elf.py", "elftools.construct"),
+    ("files/elf.py", "elftools.elf.elffile"),
+    ("files/elf.py", "elftools.elf.enums"),
+    ("files/elf.py", "elftools.elf.notes"),
 }
 # Scripts that run outside gdb, with /usr/bin/python3.
-GDB_FREE_SCRIPTS = ("scripts/chardev-postmortem",)
+GDB_FREE_SCRIPTS = ("scripts/chardev-postmortem", "scripts/catch-disconnect-during-write")
 
 
 def _imports(tree):

@@ -17,16 +17,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-try:
-    from elftools.common.exceptions import ELFError as _PyElfError
-    from elftools.construct import ConstructError, Padding, Struct, Value
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.enums import ENUM_E_TYPE
-    from elftools.elf.notes import iter_notes as _pyelftools_notes
-except ImportError:                       # reported as an ElfError when a file is read
-    ELFFile = None
-    _PyElfError = ConstructError = ()
-
 ET_EXEC, ET_DYN, ET_CORE = 2, 3, 4
 PF_W, PF_R = 2, 4
 MAX_NOTES_BYTES = 64 << 20        # a core's PT_NOTE with thousands of threads stays far below
@@ -37,17 +27,28 @@ MAX_SECTIONS = 1 << 16
 _IMAGE_BYTES = 1 << 16            # bytes of a core's executable image searched for its build-id
 _IMAGE_PHNUM = 64
 
-# What pyelftools (and its bundled construct) raise on garbage, besides ElfError itself.
-# (RecursionError: a symbol table section linked to itself, for one.)
-_PARSE_ERRORS = (_PyElfError, ConstructError, struct.error, ValueError, TypeError, KeyError,
-                 IndexError, AttributeError, OverflowError, UnicodeDecodeError, RecursionError)
-
 # "qemu-storage-daemon version 7.2.22", "QEMU emulator version 10.2.2 (Debian 1:10.2.2+ds-1)"
 _VERSION_RE = re.compile(rb"(?:qemu-[a-z0-9-]+|QEMU emulator) version "
                          rb"(\d+\.\d+\.\d+[0-9A-Za-z.+~:()\- ]*?)(?:\n|\x00)")
 
-if ELFFile is not None:
-    class _ElfFile(ELFFile):
+
+def _import_pyelftools():
+    """pyelftools' pieces this module uses, or {"ELFFile": None} when it is not installed."""
+    base_errors = (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                   OverflowError, UnicodeDecodeError, RecursionError)
+    try:
+        from elftools.common.exceptions import ELFError
+        from elftools.construct import ConstructError, Padding, Struct, Value
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.enums import ENUM_E_TYPE
+        from elftools.elf.notes import iter_notes
+    except ImportError:                   # reported as an ElfError when a file is read
+        return {"ELFFile": None, "PARSE_ERRORS": base_errors}
+    # What pyelftools (and its bundled construct) raise on garbage, besides ElfError itself.
+    # (RecursionError: a symbol table section linked to itself, for one.)
+    parse_errors = (ELFError, ConstructError) + base_errors
+
+    class TolerantElfFile(ELFFile):
         """ELFFile that tolerates a section header table it cannot parse (a core cut off in
         its section headers, garbage ``e_shoff``): cores need none of it, and section
         lookups then find nothing instead of the constructor failing."""
@@ -55,8 +56,27 @@ if ELFFile is not None:
         def _get_section_header_stringtable(self):
             try:
                 return super()._get_section_header_stringtable()
-            except _PARSE_ERRORS:
+            except parse_errors:
                 return None
+
+    return {"ELFFile": ELFFile, "ElfFile": TolerantElfFile, "ENUM_E_TYPE": ENUM_E_TYPE,
+            "iter_notes": iter_notes, "Struct": Struct, "Value": Value, "Padding": Padding,
+            "PARSE_ERRORS": parse_errors}
+
+
+class _Pyelftools:
+    """pyelftools, imported on first use: the import costs tens of milliseconds (its DWARF
+    and construct modules), which every gdb session that loads the extension would pay even
+    when no file is ever parsed (`qemu chardev list`)."""
+
+    def __getattr__(self, name):          # called only for names not loaded yet
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.__dict__.update(_import_pyelftools())
+        return self.__dict__[name]
+
+
+_pe = _Pyelftools()
 
 
 class _Bounded:
@@ -134,7 +154,7 @@ def _fail(path, reason):
 
 
 def _need_pyelftools(path):
-    if ELFFile is None:
+    if _pe.ELFFile is None:
         _fail(path, "cannot read ELF files: pyelftools is not installed "
                     "(Debian: python3-pyelftools)")
 
@@ -145,8 +165,8 @@ def _open(handle, path):
     if handle.read(4) != b"\x7fELF":
         _fail(path, "not an ELF file")
     try:
-        elf = _ElfFile(_Bounded(handle))
-    except _PARSE_ERRORS:
+        elf = _pe.ElfFile(_Bounded(handle))
+    except _pe.PARSE_ERRORS:
         if handle.seek(0, 2) < 64:
             _fail(path, "truncated (ELF header cut off)")
         _fail(path, "not a 64-bit little-endian ELF file")
@@ -158,7 +178,7 @@ def _open(handle, path):
 def _e_type(elf):
     """e_type as a number (pyelftools gives known types by name)."""
     e_type = elf["e_type"]
-    return ENUM_E_TYPE.get(e_type, e_type) if isinstance(e_type, str) else e_type
+    return _pe.ENUM_E_TYPE.get(e_type, e_type) if isinstance(e_type, str) else e_type
 
 
 def elf_type(path):
@@ -169,8 +189,8 @@ def elf_type(path):
         if handle.read(4) != b"\x7fELF":
             return None
         try:
-            return _e_type(_ElfFile(_Bounded(handle)))
-        except _PARSE_ERRORS:
+            return _e_type(_pe.ElfFile(_Bounded(handle)))
+        except _pe.PARSE_ERRORS:
             return None
 
 
@@ -178,7 +198,7 @@ def _program_headers(elf, path):
     """Every program header (pyelftools Containers), the table checked against the file."""
     try:
         phnum = elf.num_segments()
-    except _PARSE_ERRORS:
+    except _pe.PARSE_ERRORS:
         _fail(path, "corrupt program header table")
     if phnum == 0:
         return []
@@ -189,7 +209,7 @@ def _program_headers(elf, path):
         _fail(path, "truncated (program headers cut off)")
     try:
         return _segment_headers(elf, phnum)
-    except _PARSE_ERRORS:
+    except _pe.PARSE_ERRORS:
         _fail(path, "corrupt program header table")
 
 
@@ -223,13 +243,14 @@ class _NoteBlob:
         self.prpsinfo = real.Elf_Prpsinfo
         self.prstatus = _prstatus_head(real)
         parts = real.Elf_Nt_File.subcons            # count, page size, entries, file names
-        self.nt_file_header = Struct("Elf_Nt_File", *parts[:2])
-        self.nt_file_entries = Struct("Elf_Nt_File", *parts[:3])
+        self.nt_file_header = _pe.Struct("Elf_Nt_File", *parts[:2])
+        self.nt_file_entries = _pe.Struct("Elf_Nt_File", *parts[:3])
         self.nt_file_entry_size = parts[2].subcon.sizeof()
         for name in ("Elf_Prpsinfo", "Elf_Nt_File", "Elf_abi"):
-            setattr(self.structs, name, Struct(name))
+            setattr(self.structs, name, _pe.Struct(name))
         # iter_notes steps through the properties by pr_datasz: one step takes it past the end
-        self.structs.Elf_Prop = Struct("Elf_Prop", Value("pr_datasz", lambda _ctx: 1 << 62))
+        self.structs.Elf_Prop = _pe.Struct("Elf_Prop",
+                                           _pe.Value("pr_datasz", lambda _ctx: 1 << 62))
 
 
 _LEFT_UNDECODED = ("NT_PRPSINFO", "NT_FILE", "NT_GNU_ABI_TAG", "NT_GNU_PROPERTY_TYPE_0")
@@ -241,13 +262,13 @@ def _notes(elf, data):
     a Container (None when the descriptor is too short), NT_FILE [(start, end, offset, path)]
     (empty when corrupt); NT_GNU_BUILD_ID its hex string; anything else the raw bytes."""
     blob = _NoteBlob(elf, data)
-    walk = _pyelftools_notes(blob, 0, len(data))
+    walk = _pe.iter_notes(blob, 0, len(data))
     while True:
         try:
             note = next(walk)
         except StopIteration:
             return
-        except _PARSE_ERRORS:
+        except _pe.PARSE_ERRORS:
             return
         desc = note["n_descdata"]
         if len(desc) < note["n_descsz"]:
@@ -271,7 +292,7 @@ def _decode(struct_, desc):
         return None
     try:
         return struct_.parse(desc)
-    except _PARSE_ERRORS:
+    except _pe.PARSE_ERRORS:
         return None
 
 
@@ -286,7 +307,7 @@ def _file_mappings(blob, desc):
     stream = io.BytesIO(desc)
     try:
         table = blob.nt_file_entries.parse_stream(stream)
-    except _PARSE_ERRORS:
+    except _pe.PARSE_ERRORS:
         return []
     names = stream.read().split(b"\0")
     if len(names) <= count:                  # each name ends with a NUL
@@ -305,11 +326,12 @@ def _read_segment(elf, offset, size):
 
 def _prstatus_head(structs):
     """The start of ``struct elf_prstatus`` (pyelftools 0.29 does not decode NT_PRSTATUS)."""
-    return Struct("Elf_Prstatus_head",
-                  structs.Elf_sword("si_signo"), structs.Elf_sword("si_code"),
-                  structs.Elf_sword("si_errno"), structs.Elf_half("pr_cursig"), Padding(2),
-                  structs.Elf_xword("pr_sigpend"), structs.Elf_xword("pr_sighold"),
-                  structs.Elf_sword("pr_pid"))
+    return _pe.Struct("Elf_Prstatus_head",
+                      structs.Elf_sword("si_signo"), structs.Elf_sword("si_code"),
+                      structs.Elf_sword("si_errno"), structs.Elf_half("pr_cursig"),
+                      _pe.Padding(2),
+                      structs.Elf_xword("pr_sigpend"), structs.Elf_xword("pr_sighold"),
+                      structs.Elf_sword("pr_pid"))
 
 
 def _cstring(raw):
@@ -414,9 +436,9 @@ def _core_build_id(elf, layout, executable):
 def _build_id_in_image(image):
     """The build-id note of an ELF image mapped from file offset 0 (in memory), or None."""
     try:
-        elf = _ElfFile(io.BytesIO(image))
+        elf = _pe.ElfFile(io.BytesIO(image))
         headers = _segment_headers(elf, min(elf["e_phnum"], _IMAGE_PHNUM))
-    except _PARSE_ERRORS:
+    except _pe.PARSE_ERRORS:
         return None
     return _build_id_in(elf, headers, len(image))
 
@@ -455,7 +477,7 @@ def section_bytes(path, name):
                 if section["sh_type"] == "SHT_NOBITS" or section.data_size > MAX_SECTION_BYTES:
                     return None
                 return section.data()
-        except _PARSE_ERRORS:
+        except _pe.PARSE_ERRORS:
             return None
     return None
 
