@@ -77,9 +77,6 @@ def test_view_decodes_fields_like_gdb(layouts, mode):
     assert raw[1]["state"] == 1 and raw[2]["inner_b"] == 0x1234567
 
 
-@pytest.mark.xfail(strict=True, reason="bug: target.memory._resolve makes every bitfield "
-                   "unsigned (Field(..., 'int', False, ...)), so `int sbits : 5` = -3 "
-                   "decodes as 29")
 def test_view_decodes_signed_bitfield(layouts_o0):
     structs = [(("Chardev",), "Chardev", layouts_o0.address("chr_global"), {"sbits": ""})]
     decoded, raw = _decode_and_output(layouts_o0, "live", structs)
@@ -87,9 +84,6 @@ def test_view_decodes_signed_bitfield(layouts_o0):
     assert decoded == raw
 
 
-@pytest.mark.xfail(strict=True, reason="bug: target.memory._kind_of returns ('enum', False) "
-                   "for every enum, so an enum with a negative enumerator (a signed "
-                   "underlying type) decodes SIGNED_ENUM_NEGATIVE = -2 as 4294967294")
 def test_view_decodes_negative_enum(layouts_o0):
     structs = [(("Chardev",), "Chardev", layouts_o0.address("chr_global"), {"senum": "/d"})]
     decoded, raw = _decode_and_output(layouts_o0, "live", structs)

@@ -85,7 +85,10 @@ class Field:
         start = base + self.offset
         if self.bitsize:
             raw = int.from_bytes(buf[start:start + self.size], "little")
-            return (raw >> self.bitpos) & ((1 << self.bitsize) - 1)
+            value = (raw >> self.bitpos) & ((1 << self.bitsize) - 1)
+            if self.signed and value >> (self.bitsize - 1):
+                value -= 1 << self.bitsize
+            return bool(value) if self.kind == "bool" else value
         if self.kind in ("pointer", "uint", "enum", "bool", "int"):
             if self.size not in _INT_FORMATS:
                 return None
@@ -105,6 +108,9 @@ def _kind_of(stripped):
     code = stripped.code
     if code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_CHAR):
         return "int", stripped.is_signed if hasattr(stripped, "is_signed") else True
+    if code == gdb.TYPE_CODE_ENUM:
+        # An enum with a negative enumerator has a signed underlying type.
+        return "enum", bool(getattr(stripped, "is_signed", False))
     return _KINDS.get(code, "other"), False
 
 
@@ -177,7 +183,8 @@ def _resolve(stripped, parts, base_bits):
             return _resolve(ftype, rest, bits)
         kind, signed = _kind_of(ftype)
         if f.bitsize:
-            return Field(bits // 8, (f.bitsize + bits % 8 + 7) // 8, "int", False,
+            return Field(bits // 8, (f.bitsize + bits % 8 + 7) // 8,
+                         "bool" if kind == "bool" else "int", signed and kind != "bool",
                          bits % 8, f.bitsize, f.type)
         return Field(bits // 8, ftype.sizeof, kind, signed, 0, 0, f.type)
     return None
