@@ -7,7 +7,6 @@ no part in them) run in the same gdb after the extension's Python, what layouts.
 """
 from pathlib import Path
 
-import pytest
 
 from support.cprogs import parse_output, py
 
