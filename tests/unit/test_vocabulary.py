@@ -71,3 +71,16 @@ def test_innermost_qemu_frame_skips_thread_plumbing():
     only_plumbing = frames[:2]
     assert qemu.innermost_qemu_frame(only_plumbing).function == "qemu_mutex_lock_impl"
     assert qemu.innermost_qemu_frame(frames[:1]) is None
+
+
+def test_a_thread_aborting_inside_the_lock_code_is_not_waiting():
+    lock = Frame(level=3, function="qemu_mutex_lock_impl", file="util/qemu-thread-posix.c",
+                 line=88, pointers=[("mutex", "QemuMutex", 0x5000)])
+    caller = _frame("qemu_chr_write_buffer", "chardev/char.c")
+    waiting = [_frame("futex_wait", None, is_qemu=False),
+               _frame("__lll_lock_wait", None, is_qemu=False), lock, caller]
+    aborting = [_frame("__pthread_kill_implementation", None, is_qemu=False),
+                _frame("raise", None, is_qemu=False), _frame("abort", None, is_qemu=False),
+                _frame("__assert_fail", None, is_qemu=False), lock, caller]
+    assert qemu.blocked_on(waiting) == 0x5000
+    assert qemu.blocked_on(aborting) is None

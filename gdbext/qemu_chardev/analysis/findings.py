@@ -9,9 +9,11 @@ Built-in finding ids:
   deadlock               error    threads wait on each other's mutexes (or on one they hold)
   write-lock-held        info     who holds a chr_write_lock and where; warning when the owner
                                   is not in the write path (or waits, or is gone)
+and those of ``analysis.lifecycle`` (use-after-free of each object kind, and the catch-all
+chardev-crash for a crash in chardev code that nothing else explains).
 """
-from qemu_chardev.analysis import locks
-from qemu_chardev.model.diagnosis import SEVERITIES, Finding
+from qemu_chardev.analysis import lifecycle, locks
+from qemu_chardev.model.diagnosis import SEVERITIES, Finding, chardev_label
 from qemu_chardev.model.qemu import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS,
                                      LOCKED_DISCONNECT_FUNCTIONS, WRITE_ENTRY,
                                      WRITE_PATH_FUNCTIONS, display_location, in_write_path,
@@ -21,26 +23,6 @@ from qemu_chardev.model.objects import ptr
 UPSTREAM_LOCK_FIX = ('"char-socket: Lock tcp_chr_disconnect() and socket_reconnect_timeout()" '
                      "(QEMU 4.2, commit 78d01598ae)")
 CHARDEV_TYPES = ("Chardev", "SocketChardev")
-
-
-def _label(chardev):
-    if chardev is None:
-        return None
-    return chardev.label if chardev.label is not None else f"0x{chardev.address:x}"
-
-
-def _who(facts, lwp):
-    thread = facts.thread(lwp)
-    if thread is None:
-        return f"LWP {lwp} (not a thread of this process)"
-    return thread.describe()
-
-
-def _short_who(facts, lwp):
-    thread = facts.thread(lwp)
-    if thread is None or thread.num is None:
-        return f"LWP {lwp}"
-    return f"thread {thread.num} (LWP {lwp})"
 
 
 # --- ioc-null-during-write ---------------------------------------------------------------
@@ -137,10 +119,10 @@ def ioc_null_during_write(facts):
 
 
 def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
-    label = _label(chardev) or (f"0x{address:x}" if address else "unknown chardev")
+    label = chardev_label(chardev) or (f"0x{address:x}" if address else "unknown chardev")
     lock = chardev.write_lock if chardev is not None else None
     owner_lwp = lock.owner_lwp if lock is not None and lock.locked else None
-    writer = _short_who(facts, thread.lwp)
+    writer = facts.short_who(thread.lwp)
     if crash is not None:
         what = f"crashed with {crash.signal_name}"
         if crash.fault_address is not None:
@@ -167,7 +149,7 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
         where = f", taken at {lock.locker} (debug-mutex)" if lock.locker else ""
         lines.append(f"The writer holds chr_write_lock: owner {writer}{where}.")
     else:
-        lines.append(f"chr_write_lock is held by {_who(facts, owner_lwp)}, not by the writer.")
+        lines.append(f"chr_write_lock is held by {facts.who(owner_lwp)}, not by the writer.")
     lines.append("A NULL ioc under a writer that holds chr_write_lock is the signature of a "
                  "disconnect that did not take chr_write_lock: the chardev's read or hang-up "
                  "handler (tcp_chr_read() / tcp_chr_hup(), run in the chardev's I/O context, "
@@ -180,7 +162,7 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
             continue
         chain = _disconnect_chain(other)
         holds = lock is not None and lock.locked and lock.owner_lwp == other.lwp
-        lines.append(f"{_short_who(facts, other.lwp)} is in the disconnect path now ({chain})"
+        lines.append(f"{facts.short_who(other.lwp)} is in the disconnect path now ({chain})"
                      + (" and holds chr_write_lock." if holds
                         else " without holding chr_write_lock."))
     lines.append(f"Upstream fix: {UPSTREAM_LOCK_FIX}.")
@@ -206,7 +188,7 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
         "disconnect_takes_lock": locking.takes_lock if locking else None,
     }
     return Finding("ioc-null-during-write", "error", summary, " ".join(lines), fix,
-                   chardev=_label(chardev), lwp=thread.lwp, thread=thread.num,
+                   chardev=chardev_label(chardev), lwp=thread.lwp, thread=thread.num,
                    evidence=evidence)
 
 
@@ -215,7 +197,7 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
 def _mutex_name(facts, mutex):
     chardev = facts.chardev_of_lock(mutex)
     if chardev is not None:
-        return f"chr_write_lock of '{_label(chardev)}' (0x{mutex:x})"
+        return f"chr_write_lock of '{chardev_label(chardev)}' (0x{mutex:x})"
     symbol = facts.mutex_symbols.get(mutex)
     return f"mutex {symbol} (0x{mutex:x})" if symbol else f"mutex 0x{mutex:x}"
 
@@ -236,18 +218,18 @@ def deadlock(facts):
         for i, (lwp, mutex) in enumerate(cycle):
             holder = cycle[(i + 1) % len(cycle)][0]
             waiter = facts.thread(lwp)
-            steps.append(f"{waiter.describe(skip_locking=True) if waiter else _who(facts, lwp)} "
+            steps.append(f"{waiter.describe(skip_locking=True) if waiter else facts.who(lwp)} "
                          f"waits for {_mutex_name(facts, mutex)}, "
-                         f"held by {_short_who(facts, holder)}")
-        summary = ("deadlock: " + ", ".join(_short_who(facts, lwp) for lwp, _m in cycle)
+                         f"held by {facts.short_who(holder)}")
+        summary = ("deadlock: " + ", ".join(facts.short_who(lwp) for lwp, _m in cycle)
                    + " wait on each other's mutexes")
         if chardev is not None:
-            summary = f"chardev '{_label(chardev)}': " + summary
+            summary = f"chardev '{chardev_label(chardev)}': " + summary
         out.append(Finding(
             "deadlock", "error", summary,
             "; ".join(steps) + ". None of these threads can continue.",
             "Take these mutexes in one global order, or drop one before taking the other.",
-            chardev=_label(chardev), lwp=first_lwp, thread=thread.num if thread else None,
+            chardev=chardev_label(chardev), lwp=first_lwp, thread=thread.num if thread else None,
             evidence={"cycle": locks.cycle_json(cycle)}))
     return out
 
@@ -257,13 +239,13 @@ def _self_deadlock(facts, thread, mutex, chardev):
     num = None if isinstance(thread, int) else thread.num
     name = _mutex_name(facts, mutex)
     who = thread.describe(skip_locking=True) if not isinstance(thread, int) \
-        else _who(facts, lwp)
+        else facts.who(lwp)
     detail = [f"{who} waits in qemu_mutex_lock_impl() for {name}, which it already holds "
               "(the mutex's __owner is its own LWP)."]
     fix = "Do not take a non-recursive QemuMutex again while holding it."
     if chardev is not None:
         detail.append("chr_write_lock is not recursive, so this thread can never continue, "
-                      f"and every later writer of '{_label(chardev)}' blocks behind it.")
+                      f"and every later writer of '{chardev_label(chardev)}' blocks behind it.")
         if not isinstance(thread, int) and (thread.has_function(EVENT_FUNCTIONS)
                                             or thread.has_function({"tcp_chr_disconnect_locked"})):
             detail.append("Its stack goes through tcp_chr_disconnect_locked() / "
@@ -274,11 +256,11 @@ def _self_deadlock(facts, thread, mutex, chardev):
                "CHR_EVENT_CLOSED handler (defer the write to a bottom half or the main "
                "loop), or char-socket must raise CHR_EVENT_CLOSED after dropping "
                "chr_write_lock.")
-    summary = f"self-deadlock: {_short_who(facts, lwp)} waits for {name}, which it holds"
+    summary = f"self-deadlock: {facts.short_who(lwp)} waits for {name}, which it holds"
     if chardev is not None:
-        summary = f"chardev '{_label(chardev)}': " + summary
+        summary = f"chardev '{chardev_label(chardev)}': " + summary
     return Finding("deadlock", "error", summary, " ".join(detail), fix,
-                   chardev=_label(chardev), lwp=lwp, thread=num,
+                   chardev=chardev_label(chardev), lwp=lwp, thread=num,
                    evidence={"cycle": [{"lwp": lwp, "mutex": ptr(mutex)}],
                              "self_deadlock": True})
 
@@ -303,7 +285,7 @@ def write_lock_held(facts):
         lock = chardev.write_lock
         if lock is None or not lock.locked or lock.destroyed:
             continue
-        label = _label(chardev)
+        label = chardev_label(chardev)
         waiters = [t for t in facts.threads
                    if t.waiting_on is not None and t.waiting_on == lock.address
                    and t.lwp != lock.owner_lwp]
@@ -361,7 +343,8 @@ def write_lock_held(facts):
 
 # --- running the rules ---------------------------------------------------------------------
 
-DEFAULT_PROVIDERS = (ioc_null_during_write, deadlock, write_lock_held)
+DEFAULT_PROVIDERS = (ioc_null_during_write, deadlock, write_lock_held,
+                     lifecycle.use_after_free)
 
 
 def severity_rank(severity):
@@ -388,4 +371,6 @@ def diagnose(facts, providers=None, problems=None):
             problems.append(f"finding rule {getattr(provider, '__name__', provider)} failed: "
                             f"{type(exc).__name__}: {exc}")
     found.extend(facts.extra_findings)
+    if providers is None:
+        found.extend(lifecycle.chardev_crash(facts, found))   # only when nothing else explains
     return sort_findings(found)

@@ -15,6 +15,7 @@ REPORT_SCHEMA = "qemu-chardev-report/1"
 TOOL_NAME = "qemu-chardev-gdb"
 SEVERITIES = ("error", "warning", "info")
 
+SIGABRT, SIGSEGV = 6, 11
 # Linux x86_64 signal numbers (asm-generic) for the signals a report can show.
 SIGNAL_NAMES = {
     1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT",
@@ -152,6 +153,13 @@ class Finding:
                 "detail": self.detail, "fix": self.fix, "evidence": self.evidence}
 
 
+def chardev_label(chardev):
+    """A chardev's id, or its address when it has none (None for no chardev)."""
+    if chardev is None:
+        return None
+    return chardev.label if chardev.label is not None else f"0x{chardev.address:x}"
+
+
 @dataclass
 class DiagnosisInput:
     """Everything the finding rules look at.
@@ -167,6 +175,8 @@ class DiagnosisInput:
     mutex_symbols: Dict[int, str] = field(default_factory=dict)   # address -> "mutex_a"
     disconnect_locking: Optional[DisconnectLocking] = None
     tasks: list = field(default_factory=list)
+    objects: list = field(default_factory=list)     # model.liveness.ObjectLiveness
+    assertion: Optional[dict] = None                # readers.crash.read_assertion
     extra_findings: List[Finding] = field(default_factory=list)
 
     def thread(self, lwp):
@@ -174,6 +184,20 @@ class DiagnosisInput:
 
     def chardev_at(self, address):
         return next((c for c in self.chardevs if c.address == address), None)
+
+    def who(self, lwp):
+        """'thread 1 (LWP 5) in tcp_chr_write (chardev/char-socket.c:112)'."""
+        thread = self.thread(lwp)
+        if thread is None:
+            return f"LWP {lwp} (not a thread of this process)"
+        return thread.describe()
+
+    def short_who(self, lwp):
+        """'thread 1 (LWP 5)'."""
+        thread = self.thread(lwp)
+        if thread is None or thread.num is None:
+            return f"LWP {lwp}"
+        return f"thread {thread.num} (LWP {lwp})"
 
     def chardev_of_lock(self, mutex):
         """The chardev whose chr_write_lock (or its pthread mutex) is at ``mutex``."""
@@ -202,7 +226,7 @@ def new_target(kind, binary=None, core=None, pid=None, build_id=None, qemu_versi
 
 
 def new_report(target, *, problems=(), error=None, crash=None, threads=(), chardevs=(),
-               tasks=(), sections=None, findings=()):
+               tasks=(), sections=None, findings=(), objects=()):
     """A "qemu-chardev-report/1" object (docs/report-schema.json): the one place its shape is
     written, for `qemu diagnose` and for a core that could not be analysed at all
     (``error``).  ``findings`` are JSON dicts, errors first."""
@@ -218,6 +242,7 @@ def new_report(target, *, problems=(), error=None, crash=None, threads=(), chard
         "threads": list(threads),
         "chardevs": list(chardevs),
         "tasks": list(tasks),
+        "objects": list(objects),
         "sections": dict(sections or {}),
         "findings": findings,
         "summary": count_by_severity(findings),

@@ -7,6 +7,7 @@ struct _GSource is public and has not changed since GLib 2.28.  GSourceCallback 
 GMainContext are private; the offsets below hold for every GLib from 2.56 to 2.86 (the
 versions Debian and QEMU 5.2-10.2 pair with) and readers validate what they read with them.
 """
+import re
 import struct
 
 # --- struct _GSource (x86_64) ------------------------------------------------------------
@@ -150,3 +151,21 @@ GSLIST_NEXT_OFFSET = 8
 GLIB_SOURCE_FUNCS = ("g_idle_funcs", "g_timeout_funcs", "g_child_watch_funcs",
                      "g_unix_signal_funcs", "g_unix_fd_source_funcs", "g_io_watch_funcs")
 IDLE_SOURCE_FUNCS = "g_idle_funcs"
+
+
+# g_assert() failures: GLib keeps the message in ``__glib_assert_msg`` (an exported char *):
+# "ERROR:[DOMAIN:]FILE:LINE:FUNCTION: assertion failed: (EXPR)".
+GLIB_ASSERT_MSG_SYMBOL = "__glib_assert_msg"
+_GLIB_ASSERT_RE = re.compile(r"^ERROR:(?:(?P<domain>[^:\n]+):)??(?P<file>[^:\n]+):(?P<line>\d+):"
+                             r"(?P<function>[^:\n]*): (?P<message>assertion failed: "
+                             r"\((?P<expression>.*)\)|.*)$", re.S)
+
+
+def parse_glib_assert_message(text):
+    """{file, line, function, expression, message} of a g_assert message, or None."""
+    match = _GLIB_ASSERT_RE.match((text or "").strip())
+    if match is None:
+        return None
+    out = {k: match.group(k) for k in ("file", "function", "expression", "message")}
+    out["line"] = int(match.group("line"))
+    return out

@@ -83,6 +83,18 @@ class MutexState:
     problems: List[str] = field(default_factory=list)
 
     @property
+    def status(self):
+        """"held", "free", "destroyed", "uninitialized" (QemuMutex.initialized false) or
+        "unknown" (unreadable): a destroyed mutex is neither free nor held."""
+        if self.locked is None:
+            return "unknown"
+        if self.destroyed:
+            return "destroyed"
+        if self.initialized is False:
+            return "uninitialized"
+        return "held" if self.locked else "free"
+
+    @property
     def locker(self):
         if self.locker_file:
             return f"{self.locker_file}:{self.locker_line}"
@@ -91,7 +103,8 @@ class MutexState:
     def to_json(self):
         owner = self.owner
         return {
-            "address": ptr(self.address), "kind": self.kind, "locked": self.locked,
+            "address": ptr(self.address), "kind": self.kind, "status": self.status,
+            "locked": self.locked,
             "owner_lwp": self.owner_lwp,
             "owner_thread": owner.num if owner else None,
             "owner_function": owner.function if owner else None,
@@ -190,6 +203,7 @@ class ChardevState:
     type: Optional[str]
     in_tree: bool = True
     found_via: str = "qom"
+    liveness: Optional[str] = None       # model.liveness verdict, for chardevs not in the tree
     is_socket: bool = False
     state: Optional[str] = None          # connected / connecting / disconnected (sockets)
     ioc: Optional[int] = None
@@ -208,7 +222,7 @@ class ChardevState:
     def to_json(self):
         return {
             "label": self.label, "address": ptr(self.address), "type": self.type,
-            "in_tree": self.in_tree, "found_via": self.found_via,
+            "in_tree": self.in_tree, "found_via": self.found_via, "liveness": self.liveness,
             "state": self.state,
             "ioc": ptr(self.ioc) if self.is_socket else None,
             "sioc": ptr(self.sioc) if self.is_socket else None,

@@ -25,6 +25,19 @@ def socket_state_name(enumerator_or_value):
 SOCKET_GSOURCE_FIELDS = ("hup_source", "telnet_source", "reconnect_timer")
 
 
+# QEMU callbacks whose untyped argument (a QIOTask's opaque, a GSource's callback data) is the
+# Chardev (chardev/char-socket.c in 5.2-10.2), and the names that argument goes by.
+CHARDEV_CALLBACKS = frozenset({"qemu_chr_socket_connected", "tcp_chr_tls_handshake",
+                               "tcp_chr_websock_handshake", "tcp_chr_hup",
+                               "socket_reconnect_timeout", "tcp_chr_read"})
+CALLBACK_DATA_ARGUMENTS = ("opaque", "user_data", "data")
+
+# GLib's dispatch machinery: a frame in it means a GSource callback or finalizer runs.
+GSOURCE_DISPATCH_PREFIXES = ("g_main_dispatch", "g_main_context_dispatch", "g_source_",
+                             "g_main_context_iterate", "io_watch_poll_", "qio_channel_fd_source_",
+                             "qio_channel_socket_source_", "aio_ctx_")
+
+
 # The socket chardev write path (what `ioc-null-during-write` looks for).
 WRITE_ENTRY = "tcp_chr_write"
 CHANNEL_WRITE_PREFIXES = ("qio_channel_writev", "qio_channel_write", "io_channel_send",
@@ -44,6 +57,14 @@ LOCK_FUNCTIONS = frozenset({*LOCK_IMPL_FUNCTIONS,
                             "pthread_mutex_lock", "___pthread_mutex_lock", "__lll_lock_wait",
                             "lll_mutex_lock_optimized", "futex_wait"})
 EVENT_FUNCTIONS = frozenset({"qemu_chr_be_event"})
+# A thread in one of these is dying (abort, a failed assert), not waiting, whatever is below.
+ABORT_FUNCTIONS = frozenset({"abort", "__assert_fail", "__assert_fail_base", "raise",
+                             "__GI_raise", "__GI_abort", "__pthread_kill_implementation",
+                             "__pthread_kill_internal", "pthread_kill", "__pthread_kill",
+                             "g_assertion_message", "g_assertion_message_expr",
+                             "g_assertion_message_error", "g_assertion_message_cmpnum",
+                             "g_assertion_message_cmpstr", "g_error", "qemu_abort"})
+
 
 
 def display_path(path):
@@ -67,7 +88,7 @@ def in_write_path(function):
 
 
 def frame_roles(frame):
-    """What a frame is about: a subset of chardev, channel, task, lock, write-path."""
+    """What a frame is about: a subset of chardev, channel, task, gsource, lock, write-path."""
     roles = []
     function = frame.function or ""
     file = frame.file or ""
@@ -80,6 +101,8 @@ def frame_roles(frame):
         roles.append("channel")
     if function.startswith("qio_task") or file == "io/task.c" or "QIOTask" in types:
         roles.append("task")
+    if function.startswith(GSOURCE_DISPATCH_PREFIXES) or types & {"GSource", "_GSource"}:
+        roles.append("gsource")
     if function in LOCK_FUNCTIONS:
         roles.append("lock")
     if function in WRITE_PATH_FUNCTIONS or is_channel_write(function):
@@ -116,9 +139,13 @@ def blocked_on(frames):
 
     A thread waits when frames without QEMU debug info (glibc's lock path) sit on top of
     ``qemu_mutex_lock_impl`` / ``qemu_rec_mutex_lock_impl``; the mutex is that frame's
-    ``mutex`` argument (QemuMutex and QemuRecMutex start with their pthread mutex).
+    ``mutex`` argument (QemuMutex and QemuRecMutex start with their pthread mutex).  A thread
+    that aborts in there (``qemu_mutex_lock_impl`` asserts ``mutex->initialized``) is not
+    waiting: it is crashing.
     """
     for index, frame in enumerate(frames):
+        if frame.function in ABORT_FUNCTIONS:
+            return None         # aborting inside the lock code (e.g. a destroyed mutex)
         if frame.is_qemu:
             if frame.function in LOCK_IMPL_FUNCTIONS and index > 0:
                 return frame.pointer("mutex")

@@ -16,17 +16,14 @@ Entry points: ``take_census(snap)`` -> ``Census``; ``census_and_findings(snap)``
 """
 import time
 
-import gdb
-
 from qemu_chardev.analysis import census as ca
 from qemu_chardev.files import memscan
 from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
-from qemu_chardev.readers import glib, qom
+from qemu_chardev.readers import glib, process_memory, qom
 from qemu_chardev.readers.chardev import chardev_layout, socket_layout
 from qemu_chardev.readers.qiotask import tasks_in_threads
-from qemu_chardev.target import inferior
 from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import Layout
 
@@ -56,20 +53,6 @@ def anchors():
     return _anchor_cache["anchors"]
 
 
-def open_reader():
-    """A memscan reader for the selected inferior: its core file or its live process."""
-    kind = inferior.target_kind()
-    if kind == "core":
-        path = inferior.core_file_path()
-        if not path:
-            raise QcgError("cannot find the core file's name in 'info target'")
-        return memscan.CoreReader(path), f"core {path}"
-    if kind == "live":
-        pid = gdb.selected_inferior().pid
-        return memscan.ProcReader(pid), f"live process {pid}"
-    raise QcgError(f"the census needs a core file or a live local process (target: {kind})")
-
-
 def take_census(snap, with_frames=True, window=memscan.WINDOW):
     """Scan memory for GSources, read their owners, classify them: a ``Census``."""
     started = time.perf_counter()
@@ -77,7 +60,7 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
     if not table:
         raise QcgError("no GSourceFuncs table found (is GLib loaded? g_idle_funcs is unknown)")
     try:
-        reader, source = open_reader()
+        reader, source = process_memory.open_reader()
     except memscan.ScanError as exc:
         raise QcgError(str(exc)) from None
     census = ca.Census(anchors=dict(table), source=source)

@@ -1,6 +1,7 @@
 """Reading Chardev / SocketChardev and everything hanging off them."""
 from qemu_chardev.model import qemu
-from qemu_chardev.readers import qom
+from qemu_chardev.model.liveness import CHARDEV, DEAD
+from qemu_chardev.readers import liveness, qom
 from qemu_chardev.target import memory as target
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers.gsource import read_gsource
@@ -168,28 +169,37 @@ def read_object(snap, address, role):
     return state
 
 
-def find_chardevs(snap, deep=False, include_frames=True):
-    """Every chardev: those in the QOM tree, then those only seen in thread frames."""
+def find_chardevs(snap, deep=False, include_frames=True, alive=None):
+    """Every chardev: those in the QOM tree, then those only seen in thread frames.
+
+    A frame's chardev that is no live QOM chardev any more is listed when ``alive`` (a
+    ``readers.liveness.Liveness``, made here if None) finds it finalized or freed, with that
+    verdict and none of its (garbage) fields; other garbage pointers are not listed."""
     found = []
     seen = set()
     for label, address in qom.chardevs_in_tree(snap):
         found.append(read_chardev(snap, address, label=label, deep=deep))
         seen.add(address)
-    if include_frames:
-        for lwp, function, address in chardevs_in_frames(snap):
-            if address in seen:
-                continue
-            seen.add(address)
-            found.append(read_chardev(snap, address, found_via=f"frame of {function} "
-                                      f"(LWP {lwp})", in_tree=False, deep=deep))
+    if not include_frames:
+        return found
+    alive = alive or liveness.Liveness(snap)
+    for lwp, frame, name, address in snap.frame_pointers("Chardev", "SocketChardev"):
+        if address in seen:
+            continue
+        seen.add(address)
+        where = f"frame of {frame.function} (LWP {lwp})"
+        verdict = alive.judge(address, CHARDEV, liveness.frame_holder(
+            lwp, snap.threads()[lwp].num, frame, name)).verdict
+        if qom.is_a(snap, address, "chardev"):
+            state = read_chardev(snap, address, found_via=where, in_tree=False, deep=deep)
+        elif verdict in DEAD:
+            state = ChardevState(address=address, label=None, type=None, in_tree=False,
+                                 found_via=where)
+        else:
+            continue
+        state.liveness = verdict
+        found.append(state)
     return found
-
-
-def chardevs_in_frames(snap):
-    """[(lwp, function, Chardev address)] of chardev pointers in QEMU frames (validated)."""
-    return [(lwp, frame.function, value)
-            for lwp, frame, _name, value in snap.frame_pointers("Chardev", "SocketChardev")
-            if qom.is_a(snap, value, "chardev")]
 
 
 def resolve_chardev(snap, spec):

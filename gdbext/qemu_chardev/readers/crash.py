@@ -11,8 +11,12 @@ import os
 
 import gdb
 
-from qemu_chardev.model.diagnosis import (FAULT_SIGNALS, CrashFacts, frame_json, is_crash_signal,
-                                          si_code_name)
+from qemu_chardev.model import glib, glibc
+from qemu_chardev.model.diagnosis import (FAULT_SIGNALS, SIGABRT, CrashFacts, frame_json,
+                                          is_crash_signal, si_code_name)
+from qemu_chardev.model.errors import TargetReadError
+from qemu_chardev.model.qemu import ABORT_FUNCTIONS
+from qemu_chardev.target import memory as target
 from qemu_chardev.target.snapshot import preserved_selection
 
 SOURCE_FILE_LIMIT = 8 << 20
@@ -104,8 +108,9 @@ def source_lines(frames):
             for f in frames if f.fullname and f.line}
 
 
-def crash_json(snap, crash):
-    """The report's ``crash`` object: signal, code, address, thread and annotated frames."""
+def crash_json(snap, crash, assertion=None):
+    """The report's ``crash`` object: signal, code, address, thread, the failed assertion
+    (``read_assertion``) and annotated frames."""
     if crash is None:
         return None
     frames = snap.stack(crash.lwp)
@@ -116,8 +121,45 @@ def crash_json(snap, crash):
         "fault_address": None if crash.fault_address is None
         else f"0x{crash.fault_address:x}",
         "lwp": crash.lwp, "thread": crash.thread, "signal_source": crash.source,
+        "assertion": assertion,
         "frames": [frame_json(f, sources.get(f.level)) for f in frames],
     }
+
+
+def read_assertion(snap, crash):
+    """The failed assertion behind a SIGABRT, or None: {source, text, program, file, line,
+    function, expression, frame}.  glibc's ``__abort_msg`` (assert) and GLib's
+    ``__glib_assert_msg`` (g_assert) hold the message; ``frame`` is the level of the newest
+    frame below the abort machinery (the code that asserted)."""
+    if crash is None or crash.signal != SIGABRT:
+        return None
+    for symbol, parse, deref_offset in (
+            (glibc.ABORT_MSG_SYMBOL, glibc.parse_assert_message, glibc.ABORT_MSG_TEXT_OFFSET),
+            (glib.GLIB_ASSERT_MSG_SYMBOL, glib.parse_glib_assert_message, 0)):
+        address = target.symbol_address(symbol)
+        if not address:
+            continue
+        try:
+            message = snap.mem.pointer(address, symbol)
+            text = snap.mem.cstring(message + deref_offset, glibc.ABORT_MSG_LIMIT, symbol) \
+                if message else None
+        except TargetReadError as exc:
+            snap.note(f"assertion message ({symbol}): {exc}")
+            continue
+        parsed = parse(text) if text else None
+        if parsed is None:
+            continue
+        out = {"source": symbol, "text": text.strip(), "program": parsed.get("program"),
+               "file": parsed["file"], "line": parsed["line"],
+               "function": parsed.get("function"), "expression": parsed.get("expression"),
+               "frame": None}
+        frames = snap.stack(crash.lwp)
+        asserting = next((f for f in frames if f.function not in ABORT_FUNCTIONS and
+                          f.is_qemu), None)
+        if asserting is not None:
+            out["frame"] = asserting.level
+        return out
+    return None
 
 
 def stop_json(stop):

@@ -16,7 +16,9 @@ from qemu_chardev.model.diagnosis import (DiagnosisInput, ThreadFacts, frame_jso
                                           new_target)
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.model.objects import ptr
-from qemu_chardev.readers import binary, census, crash
+from qemu_chardev.model.liveness import CHANNEL, CHARDEV, POINTEE_KINDS, TASK, Holder
+from qemu_chardev.model.qemu import CHARDEV_CALLBACKS
+from qemu_chardev.readers import binary, census, crash, liveness
 from qemu_chardev.readers.chardev import find_chardevs
 from qemu_chardev.readers.mutex import lock_graph
 from qemu_chardev.readers.qiotask import reachable_tasks
@@ -76,6 +78,27 @@ def _mutex_symbols(addresses):
     return out
 
 
+def _judge_reached(alive, facts):
+    """Liveness of every object the report reaches: pointers in thread frames, each QIOTask,
+    its source and (for chardev callbacks) its opaque."""
+    for thread in facts.threads:
+        for frame in thread.frames:
+            for name, pointee, value in frame.pointers:
+                kind = POINTEE_KINDS.get(pointee)
+                if value and kind:
+                    alive.judge(value, kind, liveness.frame_holder(thread.lwp, thread.num,
+                                                                   frame, name))
+    for task in facts.tasks:
+        where = f"QIOTask 0x{task.address:x}"
+        alive.judge(task.address, TASK, Holder(what=task.found_via or where, kind="chardev"))
+        if task.source is not None:
+            alive.judge(task.source.address, CHANNEL, Holder(what=f"{where} source", kind="task"))
+        if task.opaque and task.func_symbol in CHARDEV_CALLBACKS:
+            alive.judge(task.opaque, CHARDEV, Holder(
+                what=f"{where} opaque (callback {task.func_symbol})", kind="task"))
+    return alive.objects()
+
+
 def _thread_json(facts, thread, crash_facts):
     frame = thread.innermost_qemu_frame()
     waiting = thread.waiting_on
@@ -101,22 +124,25 @@ def build_report(snap, skip_sections=()):
     """The complete report dict (see docs/report-schema.json); ``skip_sections`` names
     optional sections not to compute (e.g. "gsource_census", a scan of writable memory)."""
     target_info = target_json(snap)
+    alive = liveness.Liveness(snap)
     for lwp in snap.threads():      # full stacks first: later reads reuse them
         snap.stack(lwp)
     try:
-        chardevs = find_chardevs(snap, deep=True)
+        chardevs = find_chardevs(snap, deep=True, alive=alive)
         target_info["qemu_debug_info"] = True
     except NoQemuDebugInfo as exc:     # still worth reporting: the crash, threads, deadlocks
         snap.note(str(exc))
         chardevs = []
         target_info["qemu_debug_info"] = False
     crash_facts, stop_facts = crash.read_signals(snap)
+    assertion = crash.read_assertion(snap, crash_facts)
     waiting_on, owner_of = lock_graph(snap)
     facts = DiagnosisInput(threads=_thread_facts(snap, waiting_on), chardevs=chardevs,
                            crash=crash_facts, owner_of=owner_of,
                            mutex_symbols=_mutex_symbols(waiting_on.values()),
                            disconnect_locking=binary.disconnect_locking(),
-                           tasks=reachable_tasks(snap, chardevs))
+                           tasks=reachable_tasks(snap, chardevs), assertion=assertion)
+    facts.objects = _judge_reached(alive, facts)
     sections = {}
     for name, read_section in SECTIONS.items():
         if name in skip_sections:
@@ -138,9 +164,10 @@ def build_report(snap, skip_sections=()):
         snap.note(problem)
     target_info["stop_signal"] = crash.stop_json(stop_facts) if crash_facts is None else None
     target_info["disconnect_locking"] = facts.disconnect_locking.to_json()
-    crash_section = crash.crash_json(snap, crash_facts)
+    crash_section = crash.crash_json(snap, crash_facts, assertion)
     return new_report(
         target_info, problems=snap.problems, crash=crash_section,
         threads=[_thread_json(facts, t, crash_facts) for t in facts.threads],
         chardevs=[c.to_json() for c in chardevs], tasks=[t.to_json() for t in facts.tasks],
-        sections=sections, findings=[f.to_json() for f in found])
+        sections=sections, findings=[f.to_json() for f in found],
+        objects=[o.to_json() for o in facts.objects])

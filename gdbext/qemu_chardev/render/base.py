@@ -88,6 +88,8 @@ def lock_summary(lock, colour=False):
         return paint("?", "red", colour)
     if lock.destroyed:
         return paint("destroyed", "red", colour)
+    if lock.initialized is False:
+        return paint("not initialized (destroyed)", "red", colour)
     if not lock.locked:
         return paint("free", "green", colour)
     if lock.owner is not None:
@@ -110,7 +112,7 @@ def chardev_list(chardevs, colour=False):
         if not ch.in_tree:
             label += " *"
             notes.append(f"* {ch.label or hex(ch.address)}: not in /chardevs, found in "
-                         f"{ch.found_via}")
+                         f"{ch.found_via}" + (f"; {ch.liveness}" if ch.liveness else ""))
         connected = ch.state == "connected"
         if ch.is_socket:
             sock = [paint(ch.state or "?", "green" if connected else "yellow", colour),

@@ -109,6 +109,9 @@ def _crash_lines(crash, colour):
         lines.append("  no crash: no thread received a crash signal")
         return lines
     lines.append("  " + render.paint(crash_headline(crash), "red", colour))
+    assertion = crash.get("assertion")
+    if assertion:
+        lines.append("  " + render.paint(assertion_text(assertion), "red", colour))
     for frame in crash.get("frames") or []:
         interesting = bool(_HIGHLIGHT_ROLES & set(frame.get("roles") or ()))
         text = frame_line(frame)
@@ -120,11 +123,45 @@ def _crash_lines(crash, colour):
     return lines
 
 
+def assertion_text(assertion):
+    """'assertion `mutex->initialized' failed at util/qemu-thread-posix.c:88 in
+    qemu_mutex_lock_impl()' (or the message itself when it has no expression)."""
+    where = f"{display_path(assertion.get('file'))}:{assertion.get('line')}"
+    if assertion.get("function"):
+        where += f" in {assertion['function']}()"
+    if assertion.get("expression"):
+        return f"assertion `{assertion['expression']}' failed at {where}"
+    return f"{assertion.get('text')} ({where})"
+
+
+def _object_lines(report, colour):
+    """The objects the report reached that are not alive (the alive ones are counted)."""
+    objects = report.get("objects") or []
+    if not objects:
+        return []
+    lines = [render.paint("Objects", "bold", colour)]
+    alive = sum(1 for o in objects if o.get("verdict") == "alive")
+    rest = [o for o in objects if o.get("verdict") != "alive"]
+    lines.append(f"  {alive} of {len(objects)} reached objects alive"
+                 + ("" if rest else "; none finalized, freed or damaged"))
+    for obj in rest:
+        name = f"{obj['kind']} '{obj['label']}'" if obj.get("label") else obj["kind"]
+        head = f"  {render.paint(obj['verdict'], 'red', colour)} {name} {obj['address']}"
+        lines.append(head)
+        lines.append(_wrap("; ".join(obj.get("evidence") or []), "      "))
+        holders = [h["what"] for h in obj.get("holders") or []]
+        if holders:
+            lines.append(_wrap("held by: " + "; ".join(holders), "      "))
+    return lines
+
+
 def _lock_text(lock):
     if not lock:
         return "?"
     if lock.get("destroyed"):
         return "destroyed"
+    if lock.get("status") == "uninitialized":
+        return "not initialized (destroyed)"
     if lock.get("locked") is None:
         return "?"
     if not lock.get("locked"):
@@ -222,6 +259,10 @@ def text(report, colour=False, show_problems=True):
     out.append("")
     out.append(render.paint("Threads", "bold", colour))
     out.append(_indent(render.table(THREAD_HEADERS, _thread_rows(report))))
+    objects = _object_lines(report, colour)
+    if objects:
+        out.append("")
+        out += objects
     tasks = report.get("tasks") or []
     if tasks:
         out.append("")

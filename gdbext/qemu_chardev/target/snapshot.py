@@ -11,7 +11,8 @@ import os
 import gdb
 
 from qemu_chardev.model.objects import Frame, ThreadRef
-from qemu_chardev.model.qemu import blocked_on, innermost_qemu_frame
+from qemu_chardev.model.qemu import (CALLBACK_DATA_ARGUMENTS, CHARDEV_CALLBACKS, blocked_on,
+                                     innermost_qemu_frame)
 from qemu_chardev.target.memory import Memory
 
 STACK_DEPTH_LIMIT = 48
@@ -62,8 +63,16 @@ def _pointee_name(gdb_type):
 
 
 def _frame_pointers(frame):
-    """Interesting pointer-typed arguments and locals of a QEMU frame."""
+    """Interesting pointer-typed arguments and locals of a QEMU frame.
+
+    The untyped data argument of a chardev callback (``qemu_chr_socket_connected(task,
+    opaque)``) counts as a Chardev pointer: after ``CHARDEV(opaque)`` it is one, and in an
+    optimized build the typed local may be gone."""
     out = []
+    try:
+        callback_data = frame.name() in CHARDEV_CALLBACKS
+    except gdb.error:
+        callback_data = False
     try:
         block = frame.block()
     except RuntimeError:
@@ -74,6 +83,9 @@ def _frame_pointers(frame):
             if not (sym.is_argument or sym.is_variable) or sym.name in seen:
                 continue
             pointee = _pointee_name(sym.type)
+            if pointee is None and callback_data and sym.is_argument \
+                    and sym.name in CALLBACK_DATA_ARGUMENTS:
+                pointee = "Chardev"
             if pointee is None:
                 continue
             seen.add(sym.name)

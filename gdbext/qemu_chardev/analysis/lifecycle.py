@@ -1,0 +1,146 @@
+"""Findings about object lifetimes in a crash: use-after-free, and a crash in chardev code.
+
+Built on ``facts.objects`` (``model.liveness.ObjectLiveness``: every Chardev, QIOChannel,
+QIOTask, GSource and QemuMutex the report reached, with its verdict and who holds it) and on
+``facts.assertion`` (the failed assertion behind a SIGABRT).  No gdb imports.
+
+Finding ids:
+  chardev-use-after-free   error  the crashing thread used a finalized or freed Chardev
+  channel-use-after-free   error  ... a QIOChannel
+  qiotask-use-after-free   error  ... a QIOTask
+  gsource-use-after-free   error  ... a GSource (the census reports other holders)
+  mutex-use-after-destroy  error  ... a destroyed QemuMutex that belongs to no dead chardev
+  chardev-crash            error  a crash in chardev, channel, task, GSource-dispatch or lock
+                                  code that no other rule explains: what the frames touch
+"""
+from qemu_chardev.model.diagnosis import Finding
+from qemu_chardev.model.liveness import CHANNEL, CHARDEV, GSOURCE, MUTEX, TASK
+from qemu_chardev.model.qemu import frame_roles
+
+USE_AFTER_FREE_IDS = {CHARDEV: "chardev-use-after-free", CHANNEL: "channel-use-after-free",
+                      TASK: "qiotask-use-after-free", GSOURCE: "gsource-use-after-free",
+                      MUTEX: "mutex-use-after-destroy"}
+CHARDEV_CRASH = "chardev-crash"
+# Frame roles that make a crash a crash "in chardev code" (model.qemu.frame_roles).
+CRASH_ROLES = frozenset({"chardev", "channel", "task", "gsource", "lock"})
+# How deep into the crashing stack the "touched" objects are looked for.
+TOUCH_DEPTH = 24
+
+LIFECYCLE_FIX = ("Whoever keeps this pointer must hold a reference for as long as it may use "
+                 "it (object_ref() when the task, source or callback is created, "
+                 "object_unref() in its destroy notify), or be cancelled and cleared when the "
+                 "object is finalized (char_socket_finalize() must remove its GSources and "
+                 "drop connect_task's callback).")
+
+
+def _crashed(facts):
+    crash = facts.crash
+    return crash if crash is not None and crash.is_crash else None
+
+
+def _crash_frames(facts):
+    crash = _crashed(facts)
+    thread = facts.thread(crash.lwp) if crash is not None else None
+    return thread.frames if thread is not None else []
+
+
+def _held_by_crash(obj, lwp):
+    return [h for h in obj.holders if h.lwp == lwp]
+
+
+def _assertion_text(assertion):
+    if not assertion:
+        return ""
+    where = f"{assertion['file']}:{assertion['line']}"
+    if assertion.get("function"):
+        where += f" in {assertion['function']}()"
+    expression = assertion.get("expression")
+    return (f" The process aborted on a failed assertion at {where}: "
+            + (f"`{expression}`." if expression else f"{assertion.get('text')}."))
+
+
+def _lifecycle_story(obj, facts):
+    """What the code shows about how a dead object came to be used."""
+    tasks = [h for h in obj.holders if h.kind == "task"]
+    callbacks = [h for h in obj.holders if h.kind == "frame" and h.function and
+                 h.function in _callback_functions(facts)]
+    lines = []
+    if tasks:
+        lines.append(f"A QIOTask still held it ({tasks[0].what}): the task's completion ran "
+                     "after the object was finalized.")
+    if callbacks:
+        lines.append(f"It reached {callbacks[0].function}() as callback data, so a task or "
+                     "GSource callback ran on it after its finalization.")
+    return " ".join(lines)
+
+
+def _callback_functions(facts):
+    return {t.func_symbol for t in facts.tasks if getattr(t, "func_symbol", None)}
+
+
+def use_after_free(facts):
+    """An error for each finalized or freed object the crashing thread's frames hold."""
+    crash = _crashed(facts)
+    if crash is None:
+        return []
+    dead = [o for o in facts.objects if o.dead and _held_by_crash(o, crash.lwp)]
+    dead_chardevs = {o.address for o in dead if o.kind == CHARDEV}
+    out = []
+    who = facts.short_who(crash.lwp)
+    for obj in dead:
+        if obj.kind == MUTEX and obj.part_of in dead_chardevs:
+            continue        # its chardev's finding says it
+        holders = _held_by_crash(obj, crash.lwp)
+        summary = (f"{who} crashed with {crash.signal_name} using {obj.describe()}, which is "
+                   f"{obj.verdict}")
+        detail = (f"{who} crashed ({crash.signal_name}) in code that holds a pointer to "
+                  f"{obj.describe()}: " + "; ".join(h.what for h in holders) + ". "
+                  f"That object is {obj.verdict}: " + "; ".join(obj.evidence) + "."
+                  + _assertion_text(facts.assertion))
+        story = _lifecycle_story(obj, facts)
+        if story:
+            detail += " " + story
+        out.append(Finding(
+            USE_AFTER_FREE_IDS[obj.kind], "error", summary, detail, LIFECYCLE_FIX,
+            chardev=obj.label or (f"0x{obj.address:x}" if obj.kind == CHARDEV else None),
+            lwp=crash.lwp, thread=crash.thread,
+            evidence={"object": obj.to_json(), "assertion": facts.assertion}))
+    return out
+
+
+def chardev_crash(facts, found):
+    """The catch-all: a crash whose frames run through chardev, channel, task, GSource
+    dispatch or lock code, and no other error finding explains it."""
+    crash = _crashed(facts)
+    if crash is None or any(f.severity == "error" for f in found):
+        return []
+    frames = _crash_frames(facts)
+    roles = {}
+    for frame in frames[:TOUCH_DEPTH]:
+        for role in frame_roles(frame):
+            if role in CRASH_ROLES:
+                roles.setdefault(role, frame)
+    if not roles:
+        return []
+    touched = [o for o in facts.objects if _held_by_crash(o, crash.lwp)]
+    who = facts.short_who(crash.lwp)
+    first = min(roles.values(), key=lambda f: f.level)
+    summary = (f"{who} crashed with {crash.signal_name} in "
+               f"{'/'.join(sorted(roles))} code ({first.function}, frame #{first.level})")
+    detail = f"{who} crashed ({crash.signal_name}) with " + ", ".join(
+        f"{role} code in frame #{frame.level} {frame.function}"
+        for role, frame in sorted(roles.items(), key=lambda item: item[1].level)) + " on its stack."
+    detail += _assertion_text(facts.assertion)
+    if touched:
+        detail += " Objects its frames hold: " + "; ".join(
+            f"{o.describe()} {o.verdict} ({', '.join(o.evidence[:2])})" for o in touched) + "."
+    else:
+        detail += " Its frames hold no chardev, channel, task, GSource or mutex pointer."
+    return [Finding(
+        CHARDEV_CRASH, "error", summary, detail,
+        "No known signature matched: start from the frames above and the objects' liveness; "
+        "`qemu chardev show`, `qemu qiotask` and `qemu gsource` decode each object.",
+        chardev=next((o.label for o in touched if o.kind == CHARDEV and o.label), None),
+        lwp=crash.lwp, thread=crash.thread,
+        evidence={"roles": sorted(roles), "objects": [o.to_json() for o in touched],
+                  "assertion": facts.assertion})]
