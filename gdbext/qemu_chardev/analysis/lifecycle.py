@@ -48,15 +48,31 @@ def _held_by_crash(obj, lwp):
     return [h for h in obj.holders if h.lwp == lwp]
 
 
-def _assertion_text(assertion):
+def assertion_concerns(facts):
+    """The objects the asserting frame holds (``facts.assertion["frame"]`` of the crash)."""
+    crash, assertion = _crashed(facts), facts.assertion
+    if crash is None or not assertion or assertion.get("frame") is None:
+        return []
+    return [o for o in facts.objects
+            if any(h.lwp == crash.lwp and h.level == assertion["frame"] for h in o.holders)]
+
+
+def _assertion_text(facts):
+    assertion = facts.assertion
     if not assertion:
         return ""
     where = f"{assertion['file']}:{assertion['line']}"
     if assertion.get("function"):
         where += f" in {assertion['function']}()"
     expression = assertion.get("expression")
-    return (f" The process aborted on a failed assertion at {where}: "
+    text = (f" The process aborted on a failed assertion at {where}: "
             + (f"`{expression}`." if expression else f"{assertion.get('text')}."))
+    concerns = assertion_concerns(facts)
+    if concerns:
+        text += " It concerns " + "; ".join(
+            f"{o.describe()}, {o.verdict}" + (f" ({o.evidence[-1]})" if o.part_of else "")
+            for o in concerns) + "."
+    return text
 
 
 def _lifecycle_story(obj, facts):
@@ -96,7 +112,7 @@ def use_after_free(facts):
         detail = (f"{who} crashed ({crash.signal_name}) in code that holds a pointer to "
                   f"{obj.describe()}: " + "; ".join(h.what for h in holders) + ". "
                   f"That object is {obj.verdict}: " + "; ".join(obj.evidence) + "."
-                  + _assertion_text(facts.assertion))
+                  + _assertion_text(facts))
         story = _lifecycle_story(obj, facts)
         if story:
             detail += " " + story
@@ -130,7 +146,7 @@ def chardev_crash(facts, found):
     detail = f"{who} crashed ({crash.signal_name}) with " + ", ".join(
         f"{role} code in frame #{frame.level} {frame.function}"
         for role, frame in sorted(roles.items(), key=lambda item: item[1].level)) + " on its stack."
-    detail += _assertion_text(facts.assertion)
+    detail += _assertion_text(facts)
     if touched:
         detail += " Objects its frames hold: " + "; ".join(
             f"{o.describe()} {o.verdict} ({', '.join(o.evidence[:2])})" for o in touched) + "."

@@ -10,7 +10,7 @@ section that cannot be read is a problem of the report, never its end.
 """
 import gdb
 
-from qemu_chardev.analysis import findings
+from qemu_chardev.analysis import findings, lifecycle
 from qemu_chardev.files import elf as corefile
 from qemu_chardev.model.diagnosis import (DiagnosisInput, ThreadFacts, frame_json, new_report,
                                           new_target)
@@ -143,6 +143,10 @@ def build_report(snap, skip_sections=()):
                            disconnect_locking=binary.disconnect_locking(),
                            tasks=reachable_tasks(snap, chardevs), assertion=assertion)
     facts.objects = _judge_reached(alive, facts)
+    if assertion is not None:
+        assertion["concerns"] = [{"address": ptr(o.address), "kind": o.kind,
+                                  "verdict": o.verdict, "part_of": ptr(o.part_of)}
+                                 for o in lifecycle.assertion_concerns(facts)]
     sections = {}
     for name, read_section in SECTIONS.items():
         if name in skip_sections:
