@@ -46,12 +46,19 @@ def plain_gdb(build, pid, *commands):
                            extension=False).check().outputs
 
 
-def assert_left_running(daemon, sock):
+def assert_left_running(daemon, sock, build=None):
     """No tracer, QMP answers, and more hang-ups do not kill it (no breakpoint or debug
-    register left behind: either would kill it with SIGTRAP)."""
+    register left behind: either would kill it with SIGTRAP).
+
+    On a build with the 2019 fix reverted the hang-ups are all at once: hang-ups mid-burst
+    there can strike the race itself, and a reverted 10.2 then aborts without any gdb
+    attached (measured: 2 of 180 loops of 10 + 2 hang-ups), which says nothing about what
+    the watch left behind.  Every teardown passes the watched field and the fallback
+    breakpoint's function either way."""
     assert procs.tracer_pid(daemon.pid) == 0
     assert sw.qmp_answers(sock)
-    assert sw.hangup_loop(sock, 10, 2).refused == 0
+    mid_burst = 0 if build is not None and build.variant == "reverted" else 2
+    assert sw.hangup_loop(sock, 10, mid_burst).refused == 0
     assert daemon.alive() and sw.qmp_answers(sock)
 
 
@@ -124,7 +131,7 @@ def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
         assert summary["counters"]["teardowns"] == hangups
         assert summary["counters"]["locked_teardowns"] == 0
         assert "detached from process" in run.stdout()
-        assert_left_running(daemon, sock)
+        assert_left_running(daemon, sock, qemu_reverted)
 
 
 def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
@@ -182,7 +189,7 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
                 assert {"qemu_chr_write_buffer", "tcp_chr_write"} & \
                     set(stack_functions(event["writer_stack"])), event
         if not crashed:
-            assert_left_running(daemon, sock)
+            assert_left_running(daemon, sock, qemu_reverted)
 
 
 # --- fixed build: never a report -----------------------------------------------------------------
@@ -402,7 +409,7 @@ def test_stop_leaves_gdb_at_the_scene_and_writes_a_core(qemu_reverted, workdir):
         assert int(owner) == daemon.pid
         assert state == "TCP_CHARDEV_STATE_DISCONNECTED" and int(ioc) == 0
         assert label.endswith('"mon0"')
-        assert_left_running(daemon, sock)
+        assert_left_running(daemon, sock, qemu_reverted)
 
 
 # --- the command inside gdb ----------------------------------------------------------------------
@@ -472,7 +479,7 @@ def test_script_survives_its_parent_dying(qemu_reverted, workdir):
         run.wait(30)
         procs.wait_until(lambda: procs.tracer_pid(daemon.pid) == 0, 30,
                          what="gdb to detach")
-        assert_left_running(daemon, sock)
+        assert_left_running(daemon, sock, qemu_reverted)
 
 
 def test_script_bad_input_exits_2(qemu, workdir):
@@ -530,4 +537,4 @@ def test_no_hardware_watchpoints_falls_back_visibly(qemu_reverted, workdir):
         assert "gdb gave no hardware watchpoint" in text
         status = json.loads(result.outputs[2])
         assert status["coverage"][0]["fallback"] and status["coverage"][0]["watched"] == []
-        assert_left_running(daemon, sock)
+        assert_left_running(daemon, sock, qemu_reverted)

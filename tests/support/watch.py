@@ -63,9 +63,18 @@ def _read_line(sock) -> bytes:
 
 def hangup_once(path, burst: int = 0) -> None:
     """One QMP client on unix socket PATH: greeting, then hang up at once (BURST 0), or
-    negotiate, send BURST query-version commands, read part of the answers and hang up."""
+    negotiate, send BURST query-version commands, read part of the answers and hang up.
+
+    A connection closed or reset before the greeting was never served (the kernel took it into
+    the listen backlog; QEMU died before accepting it): ConnectionRefusedError, as QEMU never
+    had a connection to tear down."""
     with _connect(path) as sock:
-        _read_line(sock)
+        try:
+            greeting = _read_line(sock)
+        except ConnectionResetError:
+            greeting = b""
+        if not greeting:
+            raise ConnectionRefusedError(f"{path}: closed before the QMP greeting")
         if burst:
             sock.sendall(b'{"execute": "qmp_capabilities"}\n')
             _read_line(sock)
@@ -143,7 +152,7 @@ def qmp_answers(path, timeout: float = 10.0) -> bool:
 class CatcherRun:
     """scripts/catch-disconnect-during-write running in the background (own session).
 
-    stdout/stderr go to files; the summary (the script's --summary-json) is read after exit.
+    stdout/stderr go to files; the summary (--summary-json) is read after exit.
     Leaving the context sends SIGINT (the script's Ctrl-C path) if it still runs.
     CWD is where a launched program runs: QEMU's test-char creates "test-char.sock" in its
     current directory, so two test-char runs sharing one directory disturb each other.
@@ -229,9 +238,9 @@ def disconnect_trace_counts(stderr_text: str, label: str) -> dict:
     only in a fixed QEMU.
     """
     suffix = f"({label})"
-    lines = [l for l in stderr_text.splitlines() if l.rstrip().endswith(suffix)]
-    disconnects = sum(1 for l in lines if re.search(r"\bchr_socket_disconnect\b", l))
-    locked = sum(1 for l in lines if re.search(r"\bchr_socket_poll_err\b", l))
+    lines = [line for line in stderr_text.splitlines() if line.rstrip().endswith(suffix)]
+    disconnects = sum(1 for line in lines if re.search(r"\bchr_socket_disconnect\b", line))
+    locked = sum(1 for line in lines if re.search(r"\bchr_socket_poll_err\b", line))
     return {"disconnects": disconnects, "locked": locked}
 
 
