@@ -1,6 +1,10 @@
 """Pure refcount-trace analysis: when to stop, who took or dropped a reference, summary."""
+import pytest
+
 from qemu_chardev.render import gsource as render_gsource
 from qemu_chardev.analysis import trace as ta
+from qemu_chardev.analysis import watch as wa
+from qemu_chardev.model import glib
 
 
 def ev(index, old, new, flags=1, frames=(), what="ref_count", qemu=None):
@@ -47,3 +51,23 @@ def test_summary_and_balance():
     text = render_gsource.trace_summary(0x1000, (2, 1), events, ta.STOP_ZERO)
     assert "socket_reconnect_timeout -1" in text and ta.STOP_ZERO in text
     assert "no change observed" in render_gsource.trace_summary(0x1000, (2, 1), [], "timeout")
+
+
+def test_the_active_bit_is_glibs():
+    assert ta.G_SOURCE_ACTIVE is glib.G_SOURCE_ACTIVE
+
+
+@pytest.mark.parametrize("stop,reason", [
+    (wa.Stop(wa.STOP_EXITED, exit_code=0), "the process exited"),
+    (wa.Stop(wa.STOP_CTRL_C), "interrupted"),
+    (wa.Stop(wa.STOP_RESUME_FAILED, message="boom"), "cannot resume: boom"),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="timeout"), "timeout"),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT"), "interrupted"),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGPIPE"), "the process got SIGPIPE"),
+    (wa.Stop(wa.STOP_FOREIGN), "another breakpoint was hit"),
+    (wa.Stop(wa.STOP_NOTHING), "the process is not running"),
+    (wa.Stop(wa.STOP_OTHER), "the process stopped"),
+    (wa.Stop(wa.STOP_OURS), "the process stopped"),
+])
+def test_end_reason(stop, reason):
+    assert ta.end_reason(stop) == reason

@@ -1,4 +1,6 @@
-"""Unit tests of the pure parts of `qemu watch-disconnect`: classification, budget, rendering."""
+"""Unit tests of the pure parts of `qemu watch-disconnect`: classification, budget, rendering,
+options, stop decisions, states and the summary."""
+import argparse
 import json
 
 import pytest
@@ -236,3 +238,161 @@ def test_summary_line_counts():
                                       "counters": counters.to_json(), "json_log": "/tmp/x"})
     assert line.startswith("qemu watch-disconnect: duration elapsed; 1 error(s), 3 warning(s)")
     assert "saw 5 teardown(s) (1 with the lock" in line and "/tmp/x" in line
+
+
+# --- options: one declaration for the command and the script -------------------------------------
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="qemu watch-disconnect", exit_on_error=False)
+    wa.add_watch_options(parser)
+    parser.add_argument("--control-fd", type=int)
+    return parser
+
+
+def test_options_parse_with_their_types_and_defaults():
+    args = _parser().parse_args(["mon0", "s1", "--duration", "2.5", "--fields", "state,ioc,state",
+                                 "--summary-json", "/tmp/s.json", "--quiet"])
+    assert args.labels == ["mon0", "s1"] and args.duration == 2.5
+    assert args.fields == ["state", "ioc"] and args.summary_json == "/tmp/s.json"
+    assert args.quiet and not args.stop
+    defaults = _parser().parse_args([])
+    assert defaults.fields == ["state"] and defaults.max_debug_registers == 4
+    assert defaults.labels == [] and defaults.duration is None
+
+
+@pytest.mark.parametrize("words", [["--fields", "bogus"], ["--fields", ","],
+                                   ["--duration", "0"], ["--duration", "soon"],
+                                   ["--max-debug-registers", "-1"]])
+def test_bad_option_values_are_usage_errors(words):
+    with pytest.raises(argparse.ArgumentError) as info:
+        _parser().parse_args(words)
+    assert words[0] in str(info.value)
+
+
+def test_command_args_round_trip_under_the_same_names():
+    words = ["mon0", "--duration", "5", "--stop", "--json-log", "/tmp/a b.jsonl",
+             "--core-dir", "/tmp/cores", "--fields", "state,sioc", "--max-debug-registers", "2",
+             "--quiet"]
+    args = _parser().parse_args(words)
+    again = _parser().parse_args(wa.watch_command_args(args))
+    assert vars(again) == vars(args)
+    assert wa.watch_command_args(_parser().parse_args([])) == [
+        "--fields", "state", "--max-debug-registers", "4"]
+
+
+# --- what a stop means ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stop,reason,state", [
+    (wa.Stop(wa.STOP_EXITED, exit_code=3), "the process exited with status 3", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_EXITED), "the process exited", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_CTRL_C), "interrupted (Ctrl-C)", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_RESUME_FAILED, message="no"), "cannot resume the process: no",
+     wa.State.DISARMED),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed"),
+     "duration elapsed", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT"), "interrupted (SIGINT)", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGSEGV"), "the process crashed (SIGSEGV)",
+     wa.State.AT_SCENE),
+    (wa.Stop(wa.STOP_SIGNAL, signal="SIGTERM"), "the process got SIGTERM", wa.State.PAUSED),
+    (wa.Stop(wa.STOP_FOREIGN), "stopped at a breakpoint that is not ours", wa.State.PAUSED),
+    (wa.Stop(wa.STOP_OTHER), "the process stopped", wa.State.PAUSED),
+    (wa.Stop(wa.STOP_NOTHING), "the process stopped", wa.State.DISARMED),
+    (wa.Stop(wa.STOP_OURS), None, None),
+])
+def test_decide_stop(stop, reason, state):
+    decision = wa.decide_stop(stop)
+    assert (decision.reason, decision.state) == (reason, state)
+    assert decision.crash == (stop.signal == "SIGSEGV")
+
+
+def test_an_error_ends_the_watch_at_the_scene_only_with_stop_on_error():
+    ours = wa.Stop(wa.STOP_OURS)
+    assert wa.decide_stop(ours, stop_on_error=False, first_error=3).reason is None
+    decision = wa.decide_stop(ours, stop_on_error=True, first_error=3)
+    assert (decision.reason, decision.state) == ("stopped at error [3] (--stop)",
+                                                 wa.State.AT_SCENE)
+    # the error wins over the SIGINT that arrived in the same stop; an exit does not wait
+    sigint = wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed")
+    assert wa.decide_stop(sigint, True, 1).state is wa.State.AT_SCENE
+    assert wa.decide_stop(wa.Stop(wa.STOP_EXITED), True, 1).state is wa.State.DISARMED
+
+
+def test_end_of_run_note_only_while_still_armed():
+    assert "stopped at the scene; the watch is still armed" in \
+        wa.end_of_run_note(wa.State.AT_SCENE, "x")
+    assert wa.end_of_run_note(wa.State.PAUSED, "the process got SIGTERM").startswith(
+        "paused (the process got SIGTERM); the watch is still armed")
+    assert wa.end_of_run_note(wa.State.DISARMED, "x") is None
+
+
+# --- the states ----------------------------------------------------------------------------------
+
+def test_lifecycle_of_a_scripted_watch():
+    life = wa.Lifecycle()
+    assert life.state is wa.State.IDLE and not life.armed and not life.ran
+    life.to(wa.State.ARMED)
+    assert life.armed and not life.ran
+    life.to(wa.State.RUNNING)
+    life.to(wa.State.AT_SCENE)
+    assert life.ran and life.armed and life.at_scene
+    life.to(wa.State.RUNNING)                       # resumed from the scene
+    assert not life.at_scene
+    life.to(wa.State.PAUSED)
+    life.to(wa.State.GONE)                          # detached or exited at the prompt
+    assert life.armed
+    life.to(wa.State.DISARMED)
+    assert not life.armed and not life.at_scene and life.ran
+
+
+def test_disarmed_at_the_scene_still_says_so():
+    for last in ((wa.State.DISARMED,), (wa.State.GONE, wa.State.DISARMED)):
+        life = wa.Lifecycle()
+        for state in (wa.State.ARMED, wa.State.RUNNING, wa.State.AT_SCENE, *last):
+            life.to(state)
+        assert life.at_scene and not life.armed
+
+
+@pytest.mark.parametrize("path", [
+    (wa.State.RUNNING,),                                      # not armed yet
+    (wa.State.ARMED, wa.State.AT_SCENE),                      # only a run ends at the scene
+    (wa.State.ARMED, wa.State.RUNNING, wa.State.GONE),        # the loop sees exits itself
+    (wa.State.ARMED, wa.State.RUNNING, wa.State.RUNNING),
+    (wa.State.DISARMED, wa.State.ARMED),                      # final
+    (wa.State.ARMED, wa.State.GONE, wa.State.RUNNING),
+])
+def test_forbidden_transitions_raise(path):
+    life = wa.Lifecycle()
+    with pytest.raises(wa.InvalidTransition):
+        for state in path:
+            life.to(state)
+
+
+def test_every_state_has_its_transitions_and_can_be_disarmed():
+    assert set(wa.TRANSITIONS) == set(wa.State)
+    for state, targets in wa.TRANSITIONS.items():
+        assert state is wa.State.DISARMED or wa.State.DISARMED in targets
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+def test_summary_object():
+    life = wa.Lifecycle()
+    life.to(wa.State.ARMED)
+    counters = wa.Counters(teardowns=2, warnings=1, errors=1, locked_teardowns=0)
+    event = _event()
+    summary = wa.summary(life, "duration elapsed", 99, None, counters,
+                         [{"label": "mon0", "address": 0x10, "watched": ["state"],
+                           "registers": 1, "fallback": False}], ["state"], 4, "/tmp/e.jsonl",
+                         ["a note"], [], True, 5, 0.0123456789, [event])
+    json.dumps(summary)
+    assert list(summary) == [
+        "reason", "at_scene", "armed", "pid", "exit_status", "errors", "warnings", "counters",
+        "coverage", "fields", "max_debug_registers", "json_log", "notes", "internal_errors",
+        "interrupt_pending", "stop_calls", "stop_seconds", "events"]
+    assert summary["armed"] and not summary["at_scene"]
+    assert (summary["errors"], summary["warnings"]) == (1, 1)
+    assert summary["coverage"][0]["address"] == "0x10"
+    assert summary["stop_seconds"] == 0.012346 and summary["interrupt_pending"]
+    assert summary["events"] == [event.to_json()]
+    assert watch_render.summary_line(summary).startswith(
+        "qemu watch-disconnect: duration elapsed; 1 error(s), 1 warning(s)")

@@ -7,7 +7,9 @@ No gdb imports.
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-G_SOURCE_ACTIVE = 0x01
+from qemu_chardev.analysis import watch as stops
+from qemu_chardev.model.glib import G_SOURCE_ACTIVE
+
 # GLib functions that only carry a reference change out for their caller: the event is
 # attributed to the first frame that is none of these.
 REFCOUNT_HELPERS = frozenset((
@@ -49,7 +51,8 @@ class RefEvent:
 
     def describe(self):
         if self.what == "flags":
-            return f"flags 0x{self.old or 0:x} -> 0x{self.new:x} ({flag_change(self.old, self.new)})"
+            change = flag_change(self.old, self.new)
+            return f"flags 0x{self.old or 0:x} -> 0x{self.new:x} ({change})"
         return f"ref_count {self.old} -> {self.new}"
 
     def to_json(self):
@@ -90,6 +93,25 @@ def stop_reason(event):
                 and not event.flags & G_SOURCE_ACTIVE:
             return STOP_DESTROYED_GAIN
     return None
+
+
+def end_reason(stop):
+    """Why the trace ends after a ``Stop`` that none of its watchpoints asked for."""
+    if stop.kind == stops.STOP_EXITED:
+        return "the process exited"
+    if stop.kind == stops.STOP_CTRL_C:
+        return "interrupted"
+    if stop.kind == stops.STOP_RESUME_FAILED:
+        return f"cannot resume: {stop.message}"
+    if stop.kind == stops.STOP_SIGNAL:
+        if stop.signal == "SIGINT":
+            return "timeout" if stop.interrupt else "interrupted"
+        return f"the process got {stop.signal}"
+    if stop.kind == stops.STOP_FOREIGN:
+        return "another breakpoint was hit"
+    if stop.kind == stops.STOP_NOTHING:
+        return "the process is not running"
+    return "the process stopped"
 
 
 def summary_rows(events):

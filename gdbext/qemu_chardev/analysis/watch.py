@@ -7,11 +7,19 @@ holds that chardev's ``chr_write_lock``.  Writers (``tcp_chr_write``, called wit
 check ``state`` and then use ``ioc``; a disconnect racing with them leaves ``ioc == NULL``
 under a writer that already saw ``connected``.
 
+This module also holds the rest of the watch's pure decisions: its options (declared once for
+the gdb command and scripts/catch-disconnect-during-write), what a stop of the process means
+for the watch (``decide_stop``), the watch's states and their allowed transitions
+(``Lifecycle``), and the summary object.
+
 Nothing here touches gdb: every function takes plain values and is unit-tested directly.
 """
+import argparse
+import enum
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from qemu_chardev.model import qemu
 from qemu_chardev.model.objects import ptr
 
 DISCONNECT_DURING_WRITE = "disconnect-during-write"
@@ -22,7 +30,7 @@ SEVERITY = {DISCONNECT_DURING_WRITE: "error", DISCONNECT_WITHOUT_LOCK: "warning"
 
 # TCPChardevState: the same values in every QEMU version (0, 1, 2).
 STATE_DISCONNECTED, STATE_CONNECTING, STATE_CONNECTED = 0, 1, 2
-STATE_NAMES = {0: "disconnected", 1: "connecting", 2: "connected"}
+STATE_NAMES = qemu.TCP_CHARDEV_STATES
 
 # What a watch can observe.  "teardown" is the fallback breakpoint at the entry of
 # tcp_chr_free_connection(): nothing is cleared yet, the function is about to clear it all.
@@ -30,6 +38,7 @@ POINTER_FIELDS = ("ioc", "sioc")
 STATE_FIELD = "state"
 TEARDOWN = "teardown"
 WATCHABLE_FIELDS = ("state", "ioc", "sioc")
+DEFAULT_FIELDS = ("state",)
 
 # Functions that free a connection legitimately without chr_write_lock: the chardev is being
 # finalized, so no other thread can still hold a reference to it.
@@ -39,9 +48,7 @@ X86_DEBUG_REGISTERS = 4
 
 
 def state_name(value):
-    if value is None:
-        return None
-    return STATE_NAMES.get(value, f"unknown({value})")
+    return qemu.socket_state_name(value)
 
 
 def is_teardown(field_name, old, new, state_now=None, ioc_now=None):
@@ -277,3 +284,247 @@ def count(counters, field_name, outcome, verdict):
         counters.errors += 1
     else:
         counters.warnings += 1
+
+
+# --- options: declared once, for `qemu watch-disconnect` and the catcher script ---------------
+
+def parse_fields(text):
+    """``--fields`` value: "state,ioc" -> ["state", "ioc"] (argparse type)."""
+    fields = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in fields if f not in WATCHABLE_FIELDS]
+    if bad or not fields:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(WATCHABLE_FIELDS)} "
+                                         f"(got {text!r})")
+    return list(dict.fromkeys(fields))
+
+
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+# (flag, argparse keywords, how a launcher writes the parsed value back; None: a switch)
+WATCH_OPTIONS = (
+    ("--duration", dict(type=positive_seconds, metavar="SECONDS",
+                        help="stop watching after SECONDS (default: until Ctrl-C or the "
+                             "process exits)"), repr),
+    ("--stop", dict(action="store_true",
+                    help="stop at the first error and stay at the scene"), None),
+    ("--json-log", dict(metavar="FILE",
+                        help="append one JSON object per event (id, kind, chardev label, lwp, "
+                             "writer_lwp, both stacks) to FILE"), str),
+    ("--core-dir", dict(metavar="DIR", help="write a core (gcore) at each error into DIR"), str),
+    ("--summary-json", dict(metavar="FILE",
+                            help="write the final summary (counters, coverage, events) as "
+                                 "JSON to FILE"), str),
+    ("--fields", dict(type=parse_fields, default=list(DEFAULT_FIELDS),
+                      metavar="state[,ioc,sioc]",
+                      help="fields to watch in hardware (default: state)"), ",".join),
+    ("--max-debug-registers", dict(type=non_negative_int, default=X86_DEBUG_REGISTERS,
+                                   metavar="N",
+                                   help=f"debug registers to use (default "
+                                        f"{X86_DEBUG_REGISTERS})"), str),
+    ("--quiet", dict(action="store_true",
+                     help="print errors only (warnings still go to --json-log)"), None),
+)
+
+
+def add_watch_options(parser):
+    """Add the watch's options (LABEL... and WATCH_OPTIONS) to an argparse parser."""
+    parser.add_argument("labels", metavar="LABEL", nargs="*",
+                        help="watch only these chardevs (also when created later)")
+    for flag, keywords, _write in WATCH_OPTIONS:
+        parser.add_argument(flag, **keywords)
+    return parser
+
+
+def watch_command_args(args):
+    """The watch options of ``args`` (parsed by ``add_watch_options``) as the words of a
+    `qemu watch-disconnect` command line, under the same names (unquoted)."""
+    words = list(args.labels)
+    for flag, keywords, write in WATCH_OPTIONS:
+        value = getattr(args, keywords.get("dest") or flag[2:].replace("-", "_"))
+        if write is None:
+            if value:
+                words.append(flag)
+        elif value is not None:
+            words += [flag, write(value)]
+    return words
+
+
+# --- stops of the process, as the live engine reports them ----------------------------------
+
+# Kinds of ``Stop`` (live/engine.py classifies gdb's events into one of these; `qemu gsource
+# trace` uses the same vocabulary).
+STOP_EXITED = "exited"                     # the process exited (or was detached)
+STOP_CTRL_C = "ctrl-c"                     # Ctrl-C reached gdb's `continue` as KeyboardInterrupt
+STOP_RESUME_FAILED = "resume-failed"       # `continue` raised a gdb error
+STOP_SIGNAL = "signal"                     # the process got a signal
+STOP_FOREIGN = "foreign-breakpoint"        # a breakpoint that is not ours stopped it
+STOP_OURS = "ours"                         # only our breakpoints and watchpoints stopped it
+STOP_OTHER = "other"                       # a stop with no signal and no breakpoint
+STOP_NOTHING = "nothing"                   # `continue` returned without a stop event
+CRASH_SIGNALS = ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE")
+
+
+@dataclass
+class Stop:
+    """Why `continue` returned."""
+    kind: str
+    signal: Optional[str] = None           # STOP_SIGNAL: its name
+    interrupt: Optional[str] = None        # a SIGINT we sent: why we sent it
+    exit_code: Optional[int] = None        # STOP_EXITED
+    message: Optional[str] = None          # STOP_RESUME_FAILED: gdb's error
+
+
+# --- the watch's states -----------------------------------------------------------------------
+
+class State(enum.Enum):
+    IDLE = "idle"              # created; nothing armed yet
+    ARMED = "armed"            # breakpoints in place; the process not run by the watch yet
+    RUNNING = "running"        # the `continue` loop runs
+    PAUSED = "paused"          # the loop ended at a stop that is not ours: still armed
+    AT_SCENE = "at-scene"      # the loop ended at an error (--stop) or a crash: still armed
+    GONE = "gone"              # the process exited (or was detached) while armed outside the
+    #                            loop: disarmed at the next prompt, never inside that event
+    DISARMED = "disarmed"      # every breakpoint deleted; final
+
+
+TRANSITIONS = {
+    State.IDLE: {State.ARMED, State.DISARMED},
+    State.ARMED: {State.RUNNING, State.GONE, State.DISARMED},
+    State.RUNNING: {State.PAUSED, State.AT_SCENE, State.DISARMED},
+    State.PAUSED: {State.RUNNING, State.GONE, State.DISARMED},
+    State.AT_SCENE: {State.RUNNING, State.GONE, State.DISARMED},
+    State.GONE: {State.DISARMED},
+    State.DISARMED: set(),
+}
+ARMED_STATES = frozenset((State.ARMED, State.RUNNING, State.PAUSED, State.AT_SCENE,
+                          State.GONE))
+
+
+class InvalidTransition(Exception):
+    """A programming error: the watch asked for a transition its state machine forbids."""
+
+
+class Lifecycle:
+    """The state of one watch and the transitions it went through."""
+
+    def __init__(self):
+        self.state = State.IDLE
+        self.ran = False            # the loop ran at least once
+        self._settled = None        # the last state among ARMED, RUNNING, PAUSED, AT_SCENE
+
+    def to(self, state):
+        if state not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"watch state {self.state.value} -> {state.value}")
+        self.state = state
+        if state is State.RUNNING:
+            self.ran = True
+        if state not in (State.GONE, State.DISARMED):
+            self._settled = state
+        return state
+
+    @property
+    def armed(self):
+        """Breakpoints of the watch exist (GONE included: they go at the next prompt)."""
+        return self.state in ARMED_STATES
+
+    @property
+    def at_scene(self):
+        """Stopped at the scene of an error, or gone or disarmed from there."""
+        return self._settled is State.AT_SCENE and self.state in (
+            State.AT_SCENE, State.GONE, State.DISARMED)
+
+
+@dataclass
+class Decision:
+    """What a stop means for the watch: why it ends (None: keep watching) and the state it
+    ends in; ``crash`` asks for a crash report first."""
+    reason: Optional[str]
+    state: Optional[State] = None
+    crash: bool = False
+
+
+def decide_stop(stop, stop_on_error=False, first_error=None):
+    """The watch loop's decision after one stop.
+
+    ``first_error`` is the id of the first error completed at this stop (or None); with
+    ``stop_on_error`` (--stop) it ends the watch at the scene.  A crash, too, stays at the
+    scene; a signal or a breakpoint that is not ours pauses the watch (still armed, for the
+    user to look); the process exiting, Ctrl-C, our own SIGINT (duration, control fd) or an
+    unexplained stop end it (disarmed).
+    """
+    if stop.kind == STOP_EXITED:
+        status = f" with status {stop.exit_code}" if stop.exit_code is not None else ""
+        return Decision(f"the process exited{status}", State.DISARMED)
+    if stop.kind == STOP_CTRL_C:
+        return Decision("interrupted (Ctrl-C)", State.DISARMED)
+    if stop.kind == STOP_RESUME_FAILED:
+        return Decision(f"cannot resume the process: {stop.message}", State.DISARMED)
+    if stop_on_error and first_error is not None:
+        return Decision(f"stopped at error [{first_error}] (--stop)", State.AT_SCENE)
+    if stop.kind == STOP_SIGNAL:
+        if stop.signal == "SIGINT":
+            return Decision(stop.interrupt or "interrupted (SIGINT)", State.DISARMED)
+        if stop.signal in CRASH_SIGNALS:
+            return Decision(f"the process crashed ({stop.signal})", State.AT_SCENE, crash=True)
+        return Decision(f"the process got {stop.signal}", State.PAUSED)
+    if stop.kind == STOP_FOREIGN:
+        return Decision("stopped at a breakpoint that is not ours", State.PAUSED)
+    if stop.kind == STOP_NOTHING:
+        return Decision("the process stopped", State.DISARMED)
+    if stop.kind == STOP_OTHER:
+        return Decision("the process stopped", State.PAUSED)
+    return Decision(None)
+
+
+def end_of_run_note(state, reason):
+    """What the watch says when a run ends still armed (None when it ends disarmed)."""
+    if state is State.AT_SCENE:
+        where = "stopped at the scene"
+    elif state is State.PAUSED:
+        where = f"paused ({reason})"
+    else:
+        return None
+    return (f"{where}; the watch is still armed: 'qemu watch-disconnect' resumes it, "
+            "'qemu watch-disconnect --off' disarms it")
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+def summary(lifecycle, reason, pid, exit_status, counters, coverage, fields, max_registers,
+            json_log, notes, internal_errors, interrupt_pending, stop_calls, stop_seconds,
+            events):
+    """The watch's summary object (`--json`, `--status --json`, --summary-json FILE).
+
+    ``coverage`` is rows of {label, address (int), watched, registers, fallback}; ``events``
+    WatchEvents."""
+    return {
+        "reason": reason, "at_scene": lifecycle.at_scene, "armed": lifecycle.armed,
+        "pid": pid, "exit_status": exit_status,
+        "errors": counters.errors, "warnings": counters.warnings,
+        "counters": counters.to_json(),
+        "coverage": [{**row, "address": f"0x{row['address']:x}"} for row in coverage],
+        "fields": list(fields), "max_debug_registers": max_registers,
+        "json_log": json_log, "notes": list(notes),
+        "internal_errors": list(internal_errors),
+        "interrupt_pending": interrupt_pending,
+        "stop_calls": stop_calls, "stop_seconds": round(stop_seconds, 6),
+        "events": [e.to_json() for e in events],
+    }
