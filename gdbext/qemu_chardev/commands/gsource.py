@@ -13,20 +13,6 @@ from qemu_chardev.readers.gsource import read_gsource
 from qemu_chardev.live.trace import DEFAULT_DEPTH, DEFAULT_MAX_EVENTS, Tracer
 
 
-def _address(spec):
-    """A GSource address from an expression (a GSource*, a GSource lvalue or a number)."""
-    try:
-        value = gdb.parse_and_eval(spec)
-    except gdb.error as exc:
-        raise QcgError(f"cannot evaluate {spec!r}: {exc}") from None
-    vtype = value.type.strip_typedefs()
-    if vtype.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
-        if value.address is None:
-            raise QcgError(f"{spec!r} is not an lvalue")
-        return int(value.address)
-    return int(value)
-
-
 class GSourcePrefix(QcgCommand):
     """Decode a GSource: refcount, flags, context, id, funcs and callback, state.
 
@@ -119,7 +105,7 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
         if args.max_events < 1 or args.depth < 1:
             raise QcgError("--max-events and --depth must be at least 1")
         spec = " ".join(args.spec)
-        address = _address(spec)
+        address, _type = address_of_expression(spec)
         if not address:
             raise QcgError(f"{spec!r} is NULL: no GSource to trace")
         src = read_gsource(snap, address)

@@ -1,40 +1,24 @@
 """Tracing one GSource's reference count with hardware watchpoints (live processes only).
 
-Two internal write watchpoints watch ``ref_count`` and ``flags`` (only changes of the
-ACTIVE bit, i.e. destruction, are logged from ``flags``).  Their ``stop()`` runs while
-the inferior is stopped: it reads the two words, records who changed them (thread and a
-short backtrace, no inferior calls) and lets the process run on until the count reaches
-zero, a destroyed source gains a reference, the event limit or the timeout is hit, or the
-user interrupts.  The watchpoints are deleted in every case.
+Two write watchpoints of the live engine (live/engine.py) watch ``ref_count`` and ``flags``
+(only changes of the ACTIVE bit, i.e. destruction, are logged from ``flags``).  Their
+``stop()`` runs while the inferior is stopped: it reads the two words, records who changed
+them (thread and a short backtrace, no inferior calls) and lets the process run on until the
+count reaches zero, a destroyed source gains a reference, the event limit or the timeout is
+hit, or the user interrupts.  The watchpoints are deleted in every case.
 """
-import os
-import signal
-import threading
-
 import gdb
 
 from qemu_chardev.analysis import trace as ta
+from qemu_chardev.live.engine import Engine, NoHardwareWatchpoint, thread_lwp
 from qemu_chardev.model.errors import QcgError
+from qemu_chardev.model.glib import G_SOURCE_ACTIVE
 from qemu_chardev.render.gsource import trace_event_line
+from qemu_chardev.target.snapshot import walk_frames
 
 DEFAULT_DEPTH = 8
 DEFAULT_MAX_EVENTS = 200
-
-
-class _Watch(gdb.Breakpoint):
-    def __init__(self, tracer, what, address):
-        super().__init__(f"*(unsigned int *) 0x{address:x}", gdb.BP_WATCHPOINT, gdb.WP_WRITE,
-                         internal=True)
-        self.silent = True
-        self.tracer = tracer
-        self.what = what
-
-    def stop(self):
-        try:
-            return self.tracer.on_change(self.what)
-        except Exception as exc:   # never leave gdb with a Python error mid-resume
-            self.tracer.reason = f"trace error: {type(exc).__name__}: {exc}"
-            return True
+WATCHED = ("ref_count", "flags")
 
 
 class Tracer:
@@ -49,7 +33,7 @@ class Tracer:
         self.log = log
         self.events = []
         self.reason = None
-        self.watches = []
+        self.engine = Engine(on_error=self._stop_failed)
         self.inferior = gdb.selected_inferior()
         self.last = {what: self._read(what) for what in self.offsets}
         self.start = (self.last["ref_count"], self.last["flags"])
@@ -59,22 +43,22 @@ class Tracer:
         return int.from_bytes(bytes(data), "little")
 
     def arm(self):
-        for what in ("ref_count", "flags"):
-            wp = _Watch(self, what, self.address + self.offsets[what])
-            self.watches.append(wp)
-            if wp.type != gdb.BP_HARDWARE_WATCHPOINT:
-                self.disarm()
-                raise QcgError("gdb could not set a hardware watchpoint (is "
-                               "'can-use-hw-watchpoints' 0, or are all debug registers in use?)")
+        try:
+            for what in WATCHED:
+                self.engine.watchpoint(self.address + self.offsets[what], 4, self.on_change,
+                                       what)
+        except NoHardwareWatchpoint:
+            self.disarm()
+            raise QcgError("gdb could not set a hardware watchpoint (is "
+                           "'can-use-hw-watchpoints' 0, or are all debug registers in use?)")
 
     def disarm(self):
-        for wp in self.watches:
-            try:
-                if wp.is_valid():
-                    wp.delete()
-            except (gdb.error, RuntimeError):
-                pass
-        self.watches = []
+        self.engine.delete_all()
+
+    def _stop_failed(self, exc, _message, _new):
+        """A stop() callback raised: end the trace (never leave gdb with a Python error)."""
+        self.reason = f"trace error: {type(exc).__name__}: {exc}"
+        return True
 
     def on_change(self, what):
         new = self._read(what)
@@ -82,14 +66,14 @@ class Tracer:
         if new == old:
             return False
         self.last[what] = new
-        if what == "flags" and not (old ^ new) & ta.G_SOURCE_ACTIVE:
+        if what == "flags" and not (old ^ new) & G_SOURCE_ACTIVE:
             return False        # READY/IN_CALL/BLOCKED churn of every dispatch: not logged
         flags = self.last["flags"] if what == "ref_count" else new
         thread = gdb.selected_thread()
         event = ta.RefEvent(index=len(self.events) + 1, what=what, old=old, new=new,
                             flags=flags)
         if thread is not None:
-            event.lwp = thread.ptid[1] or thread.ptid[2]
+            event.lwp = thread_lwp(thread)
             event.thread = thread.num
             event.thread_name = thread.name
         event.frames, event.qemu_frame = self._backtrace()
@@ -102,12 +86,9 @@ class Tracer:
         return self.reason is not None
 
     def _backtrace(self):
+        """(function names, innermost first; the innermost one with debug info)."""
         names, qemu = [], None
-        try:
-            frame = gdb.newest_frame()
-        except gdb.error:
-            return names, qemu
-        while frame is not None and len(names) < self.depth:
+        for _level, frame in walk_frames(self.depth):
             try:
                 name = frame.name() or f"0x{frame.pc():x}"
                 if qemu is None and frame.function() is not None:
@@ -115,71 +96,18 @@ class Tracer:
             except gdb.error:
                 name = "?"
             names.append(name)
-            try:
-                frame = frame.older()
-            except gdb.error:
-                break
         return names, qemu
+
+    def _after_stop(self, stop, _done):
+        return self.reason or ta.end_reason(stop)
 
     def run(self, timeout=None, quiet=False):
         """Resume until a stop condition; always disarm.  Returns the stop reason.
 
         ``quiet`` swallows gdb's own resume/stop messages (for --json output)."""
-        stops = []
-        timer = None
-        fired = threading.Event()
-
-        def on_stop(event):
-            stops.append(event)
-
-        def on_exit(event):
-            stops.append(event)
-
-        def interrupt():
-            fired.set()
-            try:
-                os.kill(self.inferior.pid, signal.SIGINT)
-            except OSError:
-                pass
-
-        gdb.events.stop.connect(on_stop)
-        gdb.events.exited.connect(on_exit)
         try:
-            if timeout:
-                timer = threading.Timer(timeout, interrupt)
-                timer.daemon = True
-                timer.start()
-            while self.reason is None:
-                del stops[:]
-                try:
-                    gdb.execute("continue", to_string=quiet)
-                except KeyboardInterrupt:
-                    self.reason = "interrupted"
-                    break
-                except gdb.error as exc:
-                    self.reason = f"cannot resume: {exc}"
-                    break
-                if self.reason is None:
-                    self.reason = self._other_stop(stops, fired)
+            self.reason = self.engine.run(self._after_stop, duration=timeout,
+                                          deadline_reason="timeout", to_string=quiet)
         finally:
-            if timer is not None:
-                timer.cancel()
-            gdb.events.stop.disconnect(on_stop)
-            gdb.events.exited.disconnect(on_exit)
             self.disarm()
         return self.reason
-
-    def _other_stop(self, stops, fired):
-        """Why the process stopped when it was not one of our watchpoints."""
-        for event in stops:
-            if isinstance(event, gdb.ExitedEvent):
-                return "the process exited"
-            if isinstance(event, gdb.SignalEvent):
-                if event.stop_signal == "SIGINT":
-                    return "timeout" if fired.is_set() else "interrupted"
-                return f"the process got {event.stop_signal}"
-            if isinstance(event, gdb.BreakpointEvent):
-                ours = any(bp in self.watches for bp in event.breakpoints)
-                if not ours:
-                    return "another breakpoint was hit"
-        return "the process stopped" if stops else "the process is not running"

@@ -1,0 +1,371 @@
+"""The live-stop engine: our breakpoints and watchpoints, the `continue` loop, its end.
+
+Both live features run on it: `qemu watch-disconnect` (live/watch.py, live/disconnect.py) and
+`qemu gsource trace` (live/trace.py).  An ``Engine``
+
+* makes internal, silent breakpoints and write watchpoints (``StopPoint``) whose ``stop()``
+  calls a feature's callback through ``Engine.call`` (timed; an exception never reaches
+  gdb), and deletes every one of them in ``delete_all()``, whatever happened;
+* runs `continue` until the feature's ``after_stop(stop)`` gives a reason to end: each stop
+  is classified into an ``analysis.watch.Stop`` (exit, Ctrl-C, a signal, a SIGINT we sent, a
+  breakpoint that is not ours, ours only, ...);
+* ends the loop at a deadline or when a control fd is readable by sending the process one
+  SIGINT from a thread (``Interrupter``): gdb stops on SIGINT and does not pass it on.  A
+  SIGINT still queued when the feature lets the process go is consumed first
+  (``consume_pending_sigint``), so QEMU never receives it;
+* optionally makes the signals QEMU gets in normal operation pass without stopping while the
+  loop runs (``QUIET_SIGNALS``; the user's settings are restored afterwards);
+* queues work that ``stop()`` may not do (switching threads, creating or deleting
+  breakpoints: gdb forbids both there): ``queue()`` from ``stop()``, run after the stop by
+  the loop or, outside the loop, by whoever handles the stop (``run_queued()``).
+
+Nothing here writes target memory or calls inferior functions.
+"""
+import os
+import select
+import signal
+import threading
+import time
+
+import gdb
+
+from qemu_chardev.analysis import watch as wa
+from qemu_chardev.model.errors import QcgError
+
+# Signals QEMU gets in normal operation (SIGPIPE when a peer hangs up mid-write: ignored by
+# QEMU, but a ptraced process reports even ignored signals).
+QUIET_SIGNALS = ("SIGPIPE", "SIGCHLD", "SIGWINCH", "SIGURG", "SIGALRM", "SIGUSR1", "SIGUSR2",
+                 "SIGPROF", "SIGVTALRM", "SIGIO", "SIGCONT")
+SIGINT_BIT = 1 << (signal.SIGINT - 1)
+WATCH_CTYPES = {4: "unsigned int", 8: "unsigned long", 2: "unsigned short", 1: "unsigned char"}
+
+
+class NoHardwareWatchpoint(QcgError):
+    """gdb would only give a software watchpoint (single-stepping the process)."""
+
+
+def thread_lwp(thread):
+    return (thread.ptid[1] or thread.ptid[2]) if thread is not None else None
+
+
+def frame_int(name):
+    """An integer argument of the selected (innermost) frame."""
+    return int(gdb.selected_frame().read_var(name))
+
+
+class StopPoint(gdb.Breakpoint):
+    """An internal, silent breakpoint or write watchpoint; ``stop()`` calls back."""
+
+    def __init__(self, engine, callback, args, spec=None, function=None):
+        if spec is not None:
+            super().__init__(spec, gdb.BP_WATCHPOINT, gdb.WP_WRITE, internal=True)
+        else:
+            super().__init__(function=function, internal=True)
+        self.silent = True
+        self.engine = engine
+        self.callback = callback
+        self.args = args
+
+    def stop(self):
+        return self.engine.call(self.callback, self.args)
+
+
+class Interrupter(threading.Thread):
+    """Sends the process one SIGINT at the deadline or when the control fd is readable.
+
+    Runs while gdb waits in `continue` (gdb releases the GIL then).  The SIGINT stops the
+    process in gdb (SIGINT is not passed on), which ends the loop.
+    """
+
+    def __init__(self, pid, duration, control_fd, deadline_reason):
+        super().__init__(name="qcg-live-interrupter", daemon=True)
+        self.pid = pid
+        self.deadline = time.monotonic() + duration if duration else None
+        self.deadline_reason = deadline_reason
+        self.control_fd = control_fd
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.sent = False
+        self.seen = False
+        self.why = None
+
+    def run(self):
+        while not self.done.is_set():
+            timeout = 0.2
+            if self.deadline is not None:
+                timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
+            if self.control_fd is not None:
+                try:
+                    ready, _w, _x = select.select([self.control_fd], [], [], timeout)
+                except (OSError, ValueError):
+                    ready, self.control_fd = [], None
+                if ready:
+                    try:
+                        os.read(self.control_fd, 256)
+                    except OSError:
+                        pass
+                    self.fire("stop requested")
+                    return
+            else:
+                self.done.wait(timeout)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.fire(self.deadline_reason)
+                return
+
+    def fire(self, why):
+        with self.lock:
+            if self.done.is_set() or self.sent:
+                return
+            try:
+                os.kill(self.pid, signal.SIGINT)
+            except OSError:
+                return
+            self.sent = True
+            self.why = why
+
+    def stop(self):
+        with self.lock:
+            self.done.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(2.0)
+
+
+class Engine:
+    """Our breakpoints, the `continue` loop and the work queued by ``stop()``."""
+
+    def __init__(self, on_error=None):
+        self.points = set()              # every StopPoint made and not yet deleted
+        self.queued = []                 # (kind, function, args): after-stop work
+        self.on_error = on_error         # (exc, message) -> what stop() returns
+        self.internal_errors = []
+        self.stop_calls = 0              # stop() callbacks run, and the time they took
+        self.stop_seconds = 0.0
+        self.running = False
+        self.interrupter = None
+
+    # --- breakpoints ---------------------------------------------------------------------
+
+    def watchpoint(self, address, size, callback, *args):
+        """A hardware write watchpoint on [address, address+size); NoHardwareWatchpoint (and
+        nothing left behind) if gdb would only give a software one."""
+        point = StopPoint(self, callback, args,
+                          spec=f"*({WATCH_CTYPES[size]} *) 0x{address:x}")
+        self.points.add(point)
+        if point.type != gdb.BP_HARDWARE_WATCHPOINT:
+            self.delete(point)
+            raise NoHardwareWatchpoint("software watchpoint")
+        return point
+
+    def breakpoint(self, function, callback, *args):
+        point = StopPoint(self, callback, args, function=function)
+        self.points.add(point)
+        return point
+
+    def delete(self, point):
+        self.points.discard(point)
+        try:
+            if point.is_valid():
+                point.delete()
+        except (gdb.error, RuntimeError):
+            pass
+
+    def delete_all(self):
+        """Delete every breakpoint and watchpoint this engine made (idempotent)."""
+        for point in list(self.points):
+            self.delete(point)
+        self.queued = []
+
+    def is_ours(self, event):
+        return all(bp in self.points for bp in event.breakpoints)
+
+    # --- stop() --------------------------------------------------------------------------
+
+    def call(self, callback, args=()):
+        """Run a stop() callback: timed, and an exception is recorded, never raised into gdb."""
+        started = time.perf_counter()
+        try:
+            return bool(callback(*args))
+        except Exception as exc:  # noqa: BLE001 - a stop() must never raise
+            message = f"internal error in {getattr(callback, '__name__', callback)}: " \
+                      f"{type(exc).__name__}: {exc}"
+            new = message not in self.internal_errors
+            if new:
+                self.internal_errors.append(message)
+            return bool(self.on_error(exc, message, new)) if self.on_error else False
+        finally:
+            self.stop_calls += 1
+            self.stop_seconds += time.perf_counter() - started
+
+    def queue(self, kind, function, *args):
+        """Work for after the stop (from ``stop()``: thread switches, breakpoint changes)."""
+        self.queued.append((kind, function, args))
+
+    def run_queued(self):
+        """Run the queued work in order; [(kind, result)]."""
+        done = []
+        while self.queued:
+            kind, function, args = self.queued.pop(0)
+            done.append((kind, function(*args)))
+        return done
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, after_stop, duration=None, control_fd=None, deadline_reason="timeout",
+            quiet=False, to_string=False):
+        """Resume the process until ``after_stop(stop, done)`` returns a reason; return it.
+
+        ``stop`` is an ``analysis.watch.Stop``; ``done`` the queued work just run (none after
+        an exit, Ctrl-C or a failed resume).  ``duration``/``control_fd``: SIGINT the process
+        then (the SIGINT stop carries ``deadline_reason`` or "stop requested").  ``quiet``
+        passes QUIET_SIGNALS without stopping and silences gdb's notifications;
+        ``to_string`` swallows gdb's resume and stop messages.
+        """
+        stops = []
+
+        def on_event(event):
+            stops.append(event)
+
+        saved = quiet_signals() if quiet else []
+        notifications = set_parameter("suppress-cli-notifications", "on" if quiet else None)
+        gdb.events.stop.connect(on_event)
+        gdb.events.exited.connect(on_event)
+        self.running = True
+        self.interrupter = Interrupter(gdb.selected_inferior().pid, duration, control_fd,
+                                       deadline_reason)
+        if duration or control_fd is not None:
+            self.interrupter.start()
+        reason = None
+        try:
+            while reason is None:
+                del stops[:]
+                done = []
+                try:
+                    gdb.execute("continue", to_string=to_string)
+                except KeyboardInterrupt:
+                    stop = wa.Stop(wa.STOP_CTRL_C)
+                except gdb.error as exc:
+                    stop = wa.Stop(wa.STOP_RESUME_FAILED, message=str(exc))
+                else:
+                    stop = self.classify(stops)
+                    if stop.kind != wa.STOP_EXITED:
+                        done = self.run_queued()
+                reason = after_stop(stop, done)
+        finally:
+            self.interrupter.stop()
+            self.running = False
+            gdb.events.stop.disconnect(on_event)
+            gdb.events.exited.disconnect(on_event)
+            restore_signals(saved)
+            if quiet:
+                set_parameter("suppress-cli-notifications", notifications)
+        return reason
+
+    @property
+    def interrupt_pending(self):
+        """We sent a SIGINT that no stop has reported yet (it may still be queued)."""
+        return bool(self.interrupter and self.interrupter.sent and not self.interrupter.seen)
+
+    def classify(self, stops):
+        """The ``Stop`` one `continue` ended with, from gdb's stop and exit events."""
+        for event in stops:
+            if isinstance(event, gdb.ExitedEvent):
+                return wa.Stop(wa.STOP_EXITED, exit_code=getattr(event, "exit_code", None))
+        for event in stops:
+            if isinstance(event, gdb.SignalEvent):
+                name = event.stop_signal
+                interrupt = None
+                if name == "SIGINT" and self.interrupter is not None and self.interrupter.sent:
+                    self.interrupter.seen = True
+                    interrupt = self.interrupter.why
+                return wa.Stop(wa.STOP_SIGNAL, signal=name, interrupt=interrupt)
+            if isinstance(event, gdb.BreakpointEvent) and not self.is_ours(event):
+                return wa.Stop(wa.STOP_FOREIGN)
+        if not stops:
+            return wa.Stop(wa.STOP_NOTHING)
+        if not any(isinstance(s, gdb.BreakpointEvent) for s in stops):
+            return wa.Stop(wa.STOP_OTHER)
+        return wa.Stop(wa.STOP_OURS)
+
+
+# --- gdb settings ----------------------------------------------------------------------------
+
+def set_parameter(name, value):
+    """Set a gdb setting, returning its old value ('on'/'off'), or None if unknown."""
+    try:
+        old = gdb.parameter(name)
+    except (gdb.error, RuntimeError):
+        return None
+    if value is None:
+        return old
+    try:
+        gdb.execute(f"set {name} {value}", to_string=True)
+    except gdb.error:
+        return None
+    return "on" if old is True else "off" if old is False else old
+
+
+def quiet_signals():
+    """Make QUIET_SIGNALS nostop/noprint/pass; return what to restore."""
+    saved = []
+    for name in QUIET_SIGNALS:
+        try:
+            text = gdb.execute(f"info signals {name}", to_string=True)
+        except gdb.error:
+            continue
+        for line in text.splitlines():
+            parts = line.split()
+            if parts and parts[0] == name and len(parts) >= 4:
+                saved.append((name, parts[1] == "Yes", parts[2] == "Yes", parts[3] == "Yes"))
+        gdb.execute(f"handle {name} nostop noprint pass", to_string=True)
+    return saved
+
+
+def restore_signals(saved):
+    for name, stop, show, passed in saved:
+        words = ["stop" if stop else "nostop", "print" if show else "noprint",
+                 "pass" if passed else "nopass"]
+        if stop:           # gdb: "stop" implies "print"
+            words[1] = "print"
+        try:
+            gdb.execute(f"handle {name} {' '.join(words)}", to_string=True)
+        except gdb.error:
+            pass
+
+
+# --- our SIGINT ------------------------------------------------------------------------------
+
+def sigint_pending(pid):
+    """True if a SIGINT is queued for the process or one of its threads (from /proc)."""
+    def masks(path):
+        out = {}
+        try:
+            with open(path, encoding="ascii") as status:
+                for line in status:
+                    key, _, value = line.partition(":")
+                    if key in ("SigPnd", "ShdPnd"):
+                        out[key] = int(value.strip(), 16)
+        except OSError:
+            pass
+        return out
+    if masks(f"/proc/{pid}/status").get("ShdPnd", 0) & SIGINT_BIT:
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(masks(f"/proc/{pid}/task/{t}/status").get("SigPnd", 0) & SIGINT_BIT
+               for t in tasks)
+
+
+def consume_pending_sigint(pid):
+    """A SIGINT still queued for the process: let it arrive here, where gdb stops on it and
+    does not pass it on, instead of reaching QEMU after a detach.  True if there was one."""
+    if not sigint_pending(pid):
+        return False
+    notifications = set_parameter("suppress-cli-notifications", "on")
+    try:
+        gdb.execute("continue", to_string=True)
+    except (gdb.error, KeyboardInterrupt):
+        pass
+    set_parameter("suppress-cli-notifications", notifications)
+    return True
