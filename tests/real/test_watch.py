@@ -13,8 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import support
 from support import procs
 from support import watch as sw
@@ -143,7 +141,8 @@ def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
                                      lambda: sw.hangup_loop(sock, hangups, 0))
     assert truth["mon0"]["unlocked"] == hangups and truth["mon0"]["locked"] == 0
     with qsd(build, workdir / "b") as (daemon, sock):
-        with sw.CatcherRun(["--pid", daemon.pid, "--quiet"], workdir=workdir / "c") as run:
+        with sw.CatcherRun(["--pid", daemon.pid, "--quiet", "mon0"],
+                           workdir=workdir / "c") as run:
             run.wait_watching()
             sw.hangup_loop(sock, hangups, 0)
             time.sleep(0.5)
@@ -293,10 +292,10 @@ def test_budget_four_registers_then_breakpoint_fallback(qemu_reverted, workdir):
             rc = run.interrupt()
     assert rc == 0, run.describe()
     coverage = {row["label"]: row for row in run.summary["coverage"]}
-    watched = [l for l, row in coverage.items() if row["watched"]]
+    watched = [label for label, row in coverage.items() if row["watched"]]
     assert watched == ["mon0", "s1", "s2", "s3"]
-    assert all(coverage[l]["registers"] == 1 for l in watched)
-    assert [l for l, row in coverage.items() if row["fallback"]] == ["s4", "s5"]
+    assert all(coverage[label]["registers"] == 1 for label in watched)
+    assert [label for label, row in coverage.items() if row["fallback"]] == ["s4", "s5"]
     for label in ("s4", "s5"):
         assert re.search(rf"^{label}\s.*no debug register left: breakpoint on "
                          r"tcp_chr_free_connection", table, re.M), table
@@ -458,6 +457,26 @@ def test_command_arms_reports_status_and_disarms(qemu, workdir):
         assert_left_running(daemon, sock)
 
 
+def test_finish_consumes_a_pending_sigint_and_detaches(qemu, workdir):
+    """`qemu watch-disconnect --finish`, which the script ends with: disarm, let a SIGINT
+    still queued for the process arrive in gdb (qemu-storage-daemon quits on SIGINT), detach."""
+    with qsd(qemu, workdir) as (daemon, sock):
+        result = support.run_gdb(qemu.storage_daemon, pid=daemon.pid, commands=[
+            "qemu watch-disconnect --arm-only",
+            f"shell kill -INT {daemon.pid}",
+            "qemu watch-disconnect --finish --json",
+            "qemu watch-disconnect --status",
+            "maint info breakpoints"])
+        text = result.outputs[2]          # after gdb's own "received signal SIGINT" line
+        finished = json.loads(text[text.index("{"):])
+        assert "received signal SIGINT" in text
+        assert finished["finished"] == f"detached from process {daemon.pid}; it keeps running"
+        assert finished["at_scene"] is False
+        assert "nothing armed" in result.outputs[3]
+        assert "hw watchpoint" not in result.outputs[4]
+        assert_left_running(daemon, sock)
+
+
 def test_command_refuses_a_core(qemu, workdir):
     with qsd(qemu, workdir) as (daemon, sock):
         core = support.gcore(daemon.pid, workdir / "q.core", binary=qemu.storage_daemon)
@@ -497,6 +516,8 @@ def test_script_bad_input_exits_2(qemu, workdir):
     assert done.returncode == 2 and "either --pid" in done.stderr
     done = catch("--pid", "1", "--", "x")
     assert done.returncode == 2
+    done = catch("--pid", "1", "--fields", "bogus")     # the command's own option check
+    assert done.returncode == 2 and "--fields" in done.stderr
     sleeper = procs.register(subprocess.Popen(["sleep", "300"], start_new_session=True))
     try:
         # not a QEMU: gdb attaches, the watch cannot arm, gdb detaches, sleep runs on

@@ -1,7 +1,11 @@
 """Unit tests of the pure parts of `qemu watch-disconnect`: classification, budget, rendering,
 options, stop decisions, states and the summary."""
 import argparse
+import importlib.machinery
+import importlib.util
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -278,6 +282,33 @@ def test_command_args_round_trip_under_the_same_names():
     assert vars(again) == vars(args)
     assert wa.watch_command_args(_parser().parse_args([])) == [
         "--fields", "state", "--max-debug-registers", "4"]
+
+
+def _catcher_script():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "catch-disconnect-during-write"
+    loader = importlib.machinery.SourceFileLoader("catch_disconnect_during_write", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_the_script_passes_its_watch_options_on_by_the_same_names():
+    script = _catcher_script()
+    args = script.parse_args(["--pid", "4242", "mon0", "--duration", "3", "--fields",
+                              "state,ioc", "--summary-json", "/tmp/sum mary.json", "--quiet"])
+    argv = script.gdb_argv(args, control_fd=7, interactive=False)
+    commands = [argv[i + 1] for i, word in enumerate(argv) if word == "-ex"]
+    watch = next(c for c in commands if c.startswith("qemu watch-disconnect mon0"))
+    passed = _parser().parse_args(shlex.split(watch)[2:])
+    assert passed.labels == ["mon0"] and passed.duration == 3.0 and passed.quiet
+    assert passed.fields == ["state", "ioc"] and passed.summary_json == "/tmp/sum mary.json"
+    assert passed.control_fd == 7
+    assert commands[-1] == "qemu watch-disconnect --finish"
+    interactive = script.gdb_argv(args, control_fd=None, interactive=True)
+    assert interactive[-1] == "qemu watch-disconnect --finish --at-scene --quit"
+    assert "python" not in " ".join(commands)
+    with pytest.raises(script.BadInput):
+        script.parse_args(["--pid", "1", "--fields", "bogus"])
 
 
 # --- what a stop means ---------------------------------------------------------------------------

@@ -3,18 +3,10 @@ import gdb
 
 from qemu_chardev.live import watch
 from qemu_chardev.render import watch as watch_render
+from qemu_chardev.render.base import to_json_text
 from qemu_chardev.analysis import watch as wa
 from qemu_chardev.commands.base import QcgCommand, envelope, require_target
 from qemu_chardev.model.errors import QcgError, UsageError
-
-
-def _fields(text):
-    fields = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in fields if f not in wa.WATCHABLE_FIELDS]
-    if bad or not fields:
-        raise UsageError(f"--fields: choose from {', '.join(wa.WATCHABLE_FIELDS)} "
-                         f"(got {text!r})")
-    return list(dict.fromkeys(fields))
 
 
 class WatchDisconnect(QcgCommand):
@@ -22,10 +14,12 @@ class WatchDisconnect(QcgCommand):
 
 Usage: qemu watch-disconnect [LABEL...] [--duration SECONDS] [--stop] [--json-log FILE]
                              [--core-dir DIR] [--fields state[,ioc,sioc]]
-                             [--max-debug-registers N] [--arm-only] [--quiet] [--json]
+                             [--max-debug-registers N] [--summary-json FILE] [--quiet]
+                             [--arm-only] [--json]
        qemu watch-disconnect            (again, while armed: resume watching)
        qemu watch-disconnect --status [--json]
        qemu watch-disconnect --off
+       qemu watch-disconnect --finish [--at-scene] [--quit]
 
 Arms hardware watchpoints on each socket chardev (only the LABELs given, if any) and runs
 the process until Ctrl-C, --duration, the process exits, or with --stop the first error.
@@ -50,36 +44,40 @@ chardevs created (chardev-add) and removed while watching.
 --stop leaves you at the scene (the disconnecting thread selected; the watch stays armed
 until 'qemu watch-disconnect --off').  --json-log appends one JSON object per event (id,
 kind, chardev label, lwp, writer_lwp, both stacks).  --core-dir writes a core per error.
-When the watch ends otherwise, every breakpoint and watchpoint it set is deleted."""
+--summary-json writes the summary (counters, coverage, events) when a run ends.
+When the watch ends otherwise, every breakpoint and watchpoint it set is deleted.
+
+--finish ends a watch for good, as scripts/catch-disconnect-during-write does: disarm,
+let a SIGINT the watch sent and the process has not received yet arrive in gdb (so the
+process never gets it), then detach; a process started under gdb whose watch never ran
+is killed instead.  --at-scene: do nothing if the watch stopped at the scene of an error
+(you keep the prompt there).  --quit: then quit gdb (not when left at the scene)."""
     command = "qemu watch-disconnect"
     needs_target = False
 
     def build_parser(self, parser):
-        parser.add_argument("labels", metavar="LABEL", nargs="*",
-                            help="watch only these chardevs (also when created later)")
-        parser.add_argument("--duration", type=float, metavar="SECONDS",
-                            help="stop watching after SECONDS")
-        parser.add_argument("--stop", action="store_true",
-                            help="stop at the first error and stay at the scene")
-        parser.add_argument("--json-log", metavar="FILE", help="append one JSON line per event")
-        parser.add_argument("--core-dir", metavar="DIR", help="write a core at each error")
-        parser.add_argument("--fields", type=_fields, default=list(watch.DEFAULT_FIELDS),
-                            help="fields to watch in hardware (default: state)")
-        parser.add_argument("--max-debug-registers", type=int, default=wa.X86_DEBUG_REGISTERS,
-                            metavar="N", help="debug registers to use (default 4)")
+        wa.add_watch_options(parser)
         parser.add_argument("--arm-only", action="store_true",
                             help="arm and return to the prompt; run later with "
                                  "'qemu watch-disconnect'")
-        parser.add_argument("--quiet", action="store_true", help="print errors only")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-        parser.add_argument("--summary", metavar="FILE", help="write the summary JSON to FILE")
         parser.add_argument("--control-fd", type=int, metavar="FD",
                             help="for scripts: stop watching when FD is readable or closed")
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--off", action="store_true", help="disarm")
         mode.add_argument("--status", action="store_true", help="show what is watched")
+        mode.add_argument("--finish", action="store_true",
+                          help="disarm, consume our pending SIGINT, detach (for scripts)")
+        parser.add_argument("--at-scene", action="store_true",
+                            help="with --finish: stay if stopped at the scene of an error")
+        parser.add_argument("--quit", action="store_true",
+                            help="with --finish: then quit gdb (unless left at the scene)")
 
     def run(self, args, snap):
+        if (args.at_scene or args.quit) and not args.finish:
+            raise UsageError("--at-scene and --quit go with --finish")
+        if args.finish:
+            return self._finish(args, snap)
         session = watch.current_session()
         if args.off:
             if session is None:
@@ -93,17 +91,16 @@ When the watch ends otherwise, every breakpoint and watchpoint it set is deleted
             if session is None:
                 return f"{watch_render.PREFIX}: nothing armed", envelope(snap, armed=False)
             return self._status_text(session, args), envelope(snap, **session.summary())
+        if session is not None and session.state is wa.State.GONE:
+            session.disarm()         # gone at no prompt (gdb -batch): as the next prompt does
+            session = None
         require_target()
-        if args.max_debug_registers < 0:
-            raise UsageError("--max-debug-registers must be >= 0")
-        if args.duration is not None and args.duration <= 0:
-            raise UsageError("--duration must be > 0")
         if session is None:
             session = watch.WatchSession(
                 labels=args.labels, fields=args.fields, stop_on_error=args.stop,
                 json_log=args.json_log, core_dir=args.core_dir,
                 max_registers=args.max_debug_registers, quiet=args.quiet, colour=args.colour,
-                summary_path=args.summary)
+                summary_path=args.summary_json)
             session.arm()
             if not args.json:
                 gdb.write(self._status_text(session, args) + "\n")
@@ -112,7 +109,7 @@ When the watch ends otherwise, every breakpoint and watchpoint it set is deleted
                            "(or run 'qemu watch-disconnect' alone to resume it)")
         else:
             session.stop_on_error = session.stop_on_error or args.stop
-            session.summary_path = args.summary or session.summary_path
+            session.sink.summary_path = args.summary_json or session.sink.summary_path
             if not args.json:
                 gdb.write(f"{watch_render.PREFIX}: resuming\n")
         if args.arm_only:
@@ -123,15 +120,27 @@ When the watch ends otherwise, every breakpoint and watchpoint it set is deleted
         return watch_render.summary_line(summary), envelope(snap, **summary)
 
     @staticmethod
+    def _finish(args, snap):
+        what, left = watch.finish(stay_at_scene=args.at_scene)
+        text = f"{watch_render.PREFIX}: {what}"
+        obj = envelope(snap, finished=what, at_scene=left)
+        if args.quit and not left:
+            gdb.write((to_json_text(obj) if args.json else text) + "\n")
+            gdb.flush()
+            gdb.execute("quit")
+        return text, obj
+
+    @staticmethod
     def _status_text(session, args):
-        lines = [f"{watch_render.PREFIX}: watching {len(session.tracked)} socket chardev(s); "
-                 f"{max(0, session.free_registers())} of {session.max_registers} debug "
+        w = session.watch
+        lines = [f"{watch_render.PREFIX}: watching {len(w.tracked)} socket chardev(s); "
+                 f"{max(0, w.free_registers())} of {w.max_registers} debug "
                  f"register(s) free"]
-        lines.append(watch_render.coverage_table(session.coverage(), args.colour))
-        followed = [f"{role} ({bp.location})" for role, bp in session.function_breaks.items()]
+        lines.append(watch_render.coverage_table(w.coverage(), args.colour))
+        followed = [f"{role} ({bp.location})" for role, bp in w.function_breaks.items()]
         if followed:
             lines.append("  breakpoints (rare paths): " + ", ".join(followed))
-        lines += [f"  note: {n}" for n in session.notes]
+        lines += [f"  note: {n}" for n in w.notes]
         return "\n".join(lines)
 
 
