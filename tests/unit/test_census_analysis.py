@@ -36,8 +36,8 @@ def test_decode_reads_every_field_at_glib_offsets():
                         nxt=0x555500006000, name=0x7F0000003000), 0x555500003000)
     assert (r.callback_data, r.callback_funcs, r.funcs) == (0x5555000040A0, 0x7F0000002000, IDLE)
     assert (r.ref_count, r.context, r.priority, r.flags, r.source_id) == (3, CTX, -100, 0x21, 77)
-    assert (r.prev, r.next, r.name_ptr, r.priv) == (0x555500005000, 0x555500006000,
-                                                   0x7F0000003000, 0x555500002000)
+    assert (r.prev, r.next, r.name_ptr, r.priv) == \
+        (0x555500005000, 0x555500006000, 0x7F0000003000, 0x555500002000)
     assert len(image()) == glib.GSOURCE_SIZE
 
 

@@ -65,8 +65,8 @@ def unusable(path, reason):
                        "qemu_version": None},
             "complete": False, "problems": [reason], "error": reason, "crash": None,
             "threads": [], "chardevs": [], "findings": [],
-            "summary": {"error": 0, "warning": 0, "info": 0}, "postmortem": {"input": path,
-                                                                            "seconds": 0.1}}
+            "summary": {"error": 0, "warning": 0, "info": 0},
+            "postmortem": {"input": path, "seconds": 0.1}}
 
 
 def validator():

@@ -3,7 +3,7 @@ import pytest
 
 from qemu_chardev.render import gsource as render_gsource
 from qemu_chardev.analysis import trace as ta
-from qemu_chardev.analysis import watch as wa
+from qemu_chardev.model import stops
 from qemu_chardev.model import glib
 
 
@@ -58,16 +58,16 @@ def test_the_active_bit_is_glibs():
 
 
 @pytest.mark.parametrize("stop,reason", [
-    (wa.Stop(wa.STOP_EXITED, exit_code=0), "the process exited"),
-    (wa.Stop(wa.STOP_CTRL_C), "interrupted"),
-    (wa.Stop(wa.STOP_RESUME_FAILED, message="boom"), "cannot resume: boom"),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="timeout"), "timeout"),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT"), "interrupted"),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGPIPE"), "the process got SIGPIPE"),
-    (wa.Stop(wa.STOP_FOREIGN), "another breakpoint was hit"),
-    (wa.Stop(wa.STOP_NOTHING), "the process is not running"),
-    (wa.Stop(wa.STOP_OTHER), "the process stopped"),
-    (wa.Stop(wa.STOP_OURS), "the process stopped"),
+    (stops.Stop(stops.STOP_EXITED, exit_code=0), "the process exited"),
+    (stops.Stop(stops.STOP_CTRL_C), "interrupted"),
+    (stops.Stop(stops.STOP_RESUME_FAILED, message="boom"), "cannot resume: boom"),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGINT", interrupt="timeout"), "timeout"),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGINT"), "interrupted"),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGPIPE"), "the process got SIGPIPE"),
+    (stops.Stop(stops.STOP_FOREIGN), "another breakpoint was hit"),
+    (stops.Stop(stops.STOP_NOTHING), "the process is not running"),
+    (stops.Stop(stops.STOP_OTHER), "the process stopped"),
+    (stops.Stop(stops.STOP_OURS), "the process stopped"),
 ])
 def test_end_reason(stop, reason):
     assert ta.end_reason(stop) == reason

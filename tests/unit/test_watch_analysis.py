@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qemu_chardev.analysis import watch as wa
+from qemu_chardev.model import stops
 from qemu_chardev.render import watch as watch_render
 
 CONNECTED, CONNECTING, DISCONNECTED = wa.STATE_CONNECTED, wa.STATE_CONNECTING, \
@@ -314,21 +315,22 @@ def test_the_script_passes_its_watch_options_on_by_the_same_names():
 # --- what a stop means ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stop,reason,state", [
-    (wa.Stop(wa.STOP_EXITED, exit_code=3), "the process exited with status 3", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_EXITED), "the process exited", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_CTRL_C), "interrupted (Ctrl-C)", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_RESUME_FAILED, message="no"), "cannot resume the process: no",
+    (stops.Stop(stops.STOP_EXITED, exit_code=3), "the process exited with status 3",
      wa.State.DISARMED),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed"),
+    (stops.Stop(stops.STOP_EXITED), "the process exited", wa.State.DISARMED),
+    (stops.Stop(stops.STOP_CTRL_C), "interrupted (Ctrl-C)", wa.State.DISARMED),
+    (stops.Stop(stops.STOP_RESUME_FAILED, message="no"), "cannot resume the process: no",
+     wa.State.DISARMED),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed"),
      "duration elapsed", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGINT"), "interrupted (SIGINT)", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGSEGV"), "the process crashed (SIGSEGV)",
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGINT"), "interrupted (SIGINT)", wa.State.DISARMED),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGSEGV"), "the process crashed (SIGSEGV)",
      wa.State.AT_SCENE),
-    (wa.Stop(wa.STOP_SIGNAL, signal="SIGTERM"), "the process got SIGTERM", wa.State.PAUSED),
-    (wa.Stop(wa.STOP_FOREIGN), "stopped at a breakpoint that is not ours", wa.State.PAUSED),
-    (wa.Stop(wa.STOP_OTHER), "the process stopped", wa.State.PAUSED),
-    (wa.Stop(wa.STOP_NOTHING), "the process stopped", wa.State.DISARMED),
-    (wa.Stop(wa.STOP_OURS), None, None),
+    (stops.Stop(stops.STOP_SIGNAL, signal="SIGTERM"), "the process got SIGTERM", wa.State.PAUSED),
+    (stops.Stop(stops.STOP_FOREIGN), "stopped at a breakpoint that is not ours", wa.State.PAUSED),
+    (stops.Stop(stops.STOP_OTHER), "the process stopped", wa.State.PAUSED),
+    (stops.Stop(stops.STOP_NOTHING), "the process stopped", wa.State.DISARMED),
+    (stops.Stop(stops.STOP_OURS), None, None),
 ])
 def test_decide_stop(stop, reason, state):
     decision = wa.decide_stop(stop)
@@ -337,15 +339,15 @@ def test_decide_stop(stop, reason, state):
 
 
 def test_an_error_ends_the_watch_at_the_scene_only_with_stop_on_error():
-    ours = wa.Stop(wa.STOP_OURS)
+    ours = stops.Stop(stops.STOP_OURS)
     assert wa.decide_stop(ours, stop_on_error=False, first_error=3).reason is None
     decision = wa.decide_stop(ours, stop_on_error=True, first_error=3)
     assert (decision.reason, decision.state) == ("stopped at error [3] (--stop)",
                                                  wa.State.AT_SCENE)
     # the error wins over the SIGINT that arrived in the same stop; an exit does not wait
-    sigint = wa.Stop(wa.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed")
+    sigint = stops.Stop(stops.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed")
     assert wa.decide_stop(sigint, True, 1).state is wa.State.AT_SCENE
-    assert wa.decide_stop(wa.Stop(wa.STOP_EXITED), True, 1).state is wa.State.DISARMED
+    assert wa.decide_stop(stops.Stop(stops.STOP_EXITED), True, 1).state is wa.State.DISARMED
 
 
 def test_end_of_run_note_only_while_still_armed():

@@ -7,7 +7,7 @@ No gdb imports.
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from qemu_chardev.analysis import watch as stops
+from qemu_chardev.model import stops
 from qemu_chardev.model.glib import G_SOURCE_ACTIVE
 
 # GLib functions that only carry a reference change out for their caller: the event is

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from qemu_chardev.model import qemu
+from qemu_chardev.model import stops
+from qemu_chardev.model.diagnosis import CRASH_SIGNAL_NAMES
 from qemu_chardev.model.objects import ptr
 
 DISCONNECT_DURING_WRITE = "disconnect-during-write"
@@ -367,31 +369,6 @@ def watch_command_args(args):
     return words
 
 
-# --- stops of the process, as the live engine reports them ----------------------------------
-
-# Kinds of ``Stop`` (live/engine.py classifies gdb's events into one of these; `qemu gsource
-# trace` uses the same vocabulary).
-STOP_EXITED = "exited"                     # the process exited (or was detached)
-STOP_CTRL_C = "ctrl-c"                     # Ctrl-C reached gdb's `continue` as KeyboardInterrupt
-STOP_RESUME_FAILED = "resume-failed"       # `continue` raised a gdb error
-STOP_SIGNAL = "signal"                     # the process got a signal
-STOP_FOREIGN = "foreign-breakpoint"        # a breakpoint that is not ours stopped it
-STOP_OURS = "ours"                         # only our breakpoints and watchpoints stopped it
-STOP_OTHER = "other"                       # a stop with no signal and no breakpoint
-STOP_NOTHING = "nothing"                   # `continue` returned without a stop event
-CRASH_SIGNALS = ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE")
-
-
-@dataclass
-class Stop:
-    """Why `continue` returned."""
-    kind: str
-    signal: Optional[str] = None           # STOP_SIGNAL: its name
-    interrupt: Optional[str] = None        # a SIGINT we sent: why we sent it
-    exit_code: Optional[int] = None        # STOP_EXITED
-    message: Optional[str] = None          # STOP_RESUME_FAILED: gdb's error
-
-
 # --- the watch's states -----------------------------------------------------------------------
 
 class State(enum.Enum):
@@ -470,26 +447,26 @@ def decide_stop(stop, stop_on_error=False, first_error=None):
     user to look); the process exiting, Ctrl-C, our own SIGINT (duration, control fd) or an
     unexplained stop end it (disarmed).
     """
-    if stop.kind == STOP_EXITED:
+    if stop.kind == stops.STOP_EXITED:
         status = f" with status {stop.exit_code}" if stop.exit_code is not None else ""
         return Decision(f"the process exited{status}", State.DISARMED)
-    if stop.kind == STOP_CTRL_C:
+    if stop.kind == stops.STOP_CTRL_C:
         return Decision("interrupted (Ctrl-C)", State.DISARMED)
-    if stop.kind == STOP_RESUME_FAILED:
+    if stop.kind == stops.STOP_RESUME_FAILED:
         return Decision(f"cannot resume the process: {stop.message}", State.DISARMED)
     if stop_on_error and first_error is not None:
         return Decision(f"stopped at error [{first_error}] (--stop)", State.AT_SCENE)
-    if stop.kind == STOP_SIGNAL:
+    if stop.kind == stops.STOP_SIGNAL:
         if stop.signal == "SIGINT":
             return Decision(stop.interrupt or "interrupted (SIGINT)", State.DISARMED)
-        if stop.signal in CRASH_SIGNALS:
+        if stop.signal in CRASH_SIGNAL_NAMES:
             return Decision(f"the process crashed ({stop.signal})", State.AT_SCENE, crash=True)
         return Decision(f"the process got {stop.signal}", State.PAUSED)
-    if stop.kind == STOP_FOREIGN:
+    if stop.kind == stops.STOP_FOREIGN:
         return Decision("stopped at a breakpoint that is not ours", State.PAUSED)
-    if stop.kind == STOP_NOTHING:
+    if stop.kind == stops.STOP_NOTHING:
         return Decision("the process stopped", State.DISARMED)
-    if stop.kind == STOP_OTHER:
+    if stop.kind == stops.STOP_OTHER:
         return Decision("the process stopped", State.PAUSED)
     return Decision(None)
 

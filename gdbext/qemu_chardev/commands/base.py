@@ -55,6 +55,11 @@ class QcgCommand(gdb.Command):
     prefix = False
     completer = gdb.COMPLETE_EXPRESSION
     needs_target = True
+    # Every command's --json, declared here once; None: the command has none.
+    json_help = "machine-readable output"
+    # The metavar of the command's one free-text operand (an expression, a label), if any:
+    # its words are joined into ``args.spec``.
+    operand = None
 
     def __init__(self):
         if "complete" in type(self).__dict__:
@@ -75,11 +80,17 @@ class QcgCommand(gdb.Command):
         try:
             parser = ArgParser(prog=self.command, add_help=True,
                                description=(self.__doc__ or "").split("\n")[0])
+            if self.json_help:
+                parser.add_argument("--json", action="store_true", help=self.json_help)
             self.build_parser(parser)
+            if self.operand:
+                parser.add_argument("spec", metavar=self.operand, nargs="+")
             try:
                 args = parser.parse_args(gdb.string_to_argv(argument))
             except _HelpRequested:
                 return
+            if self.operand:
+                args.spec = " ".join(args.spec)
             if self.needs_target:
                 require_target()
             snap = Snapshot()

@@ -33,7 +33,6 @@ owner_thread, owner_function}."""
     command = "qemu chardev list"
 
     def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.add_argument("--no-frames", action="store_true",
                             help="do not look for chardevs in thread frames")
 
@@ -54,13 +53,10 @@ field of the running QEMU version is shown; fields a version lacks show as n/a. 
 (chr->gsource, hup_source, telnet_source, reconnect_timer) come with refcounts, flags and
 verdicts; QIOChannel objects with their QOM refcounts; connect_task decoded."""
     command = "qemu chardev show"
-
-    def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.add_argument("spec", metavar="LABEL|ADDRESS|EXPR", nargs="+")
+    operand = "LABEL|ADDRESS|EXPR"
 
     def run(self, args, snap):
-        address, label = resolve_chardev(snap, " ".join(args.spec))
+        address, label = resolve_chardev(snap, args.spec)
         chardev = read_chardev(snap, address, label=label, deep=True,
                                in_tree=label is not None or None)
         if label is None:

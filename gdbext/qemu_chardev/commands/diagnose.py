@@ -23,10 +23,9 @@ gsource-use-after-free; a scan of writable memory, skipped with --no-census).
 --json prints the report object of schema "qemu-chardev-report/1" (docs/report-schema.json),
 as scripts/chardev-postmortem collects it."""
     command = "qemu diagnose"
+    json_help = 'print the "qemu-chardev-report/1" JSON object'
 
     def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true",
-                            help='print the "qemu-chardev-report/1" JSON object')
         parser.add_argument("--no-census", action="store_true",
                             help="skip the GSource census (a scan of writable memory)")
 

@@ -25,13 +25,10 @@ reference is still held: a leak if nobody points at it), freed (ref_count 0), in
 (fields no GSource has: garbage or reused memory)."""
     command = "qemu gsource"
     prefix = True
-
-    def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.add_argument("spec", metavar="EXPR", nargs="+")
+    operand = "EXPR"
 
     def run(self, args, snap):
-        spec = " ".join(args.spec)
+        spec = args.spec
         address, _pointee = address_of_expression(spec)
         src = read_gsource(snap, address)
         if src.state == glib_facts.UNREADABLE:
@@ -61,7 +58,6 @@ gsource-use-after-free (a live structure pointing at a source that looks freed).
     command = "qemu gsource census"
 
     def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.add_argument("--all", action="store_true", help="list every source found")
         parser.add_argument("--no-frames", action="store_true",
                             help="do not unwind threads to find GSource pointers in frames")
@@ -85,17 +81,16 @@ reaches 0, a destroyed source gains a reference, N changes were seen (default 20
 timeout expires or you press Ctrl-C.  Then a summary table is printed and the watchpoints
 are removed.  Read-only: nothing is called in the inferior and nothing is written."""
     command = "qemu gsource trace"
+    operand = "EXPR"
+    json_help = "print the history as JSON at the end"
 
     def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true",
-                            help="print the history as JSON at the end")
         parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS,
                             metavar="N", help="stop after N changes")
         parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                             help="stop after SECONDS (interrupts the process)")
         parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
                             help="frames of backtrace per change")
-        parser.add_argument("spec", metavar="EXPR", nargs="+")
 
     def run(self, args, snap):
         inferior = gdb.selected_inferior()
@@ -104,7 +99,7 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
             raise QcgError("qemu gsource trace needs a live process, not a core file")
         if args.max_events < 1 or args.depth < 1:
             raise QcgError("--max-events and --depth must be at least 1")
-        spec = " ".join(args.spec)
+        spec = args.spec
         address, _type = address_of_expression(spec)
         if not address:
             raise QcgError(f"{spec!r} is NULL: no GSource to trace")

@@ -23,13 +23,10 @@ when QEMU was built with --enable-debug-mutex; every thread blocked on it (found
 qemu_mutex_lock_impl frames); and any lock-order cycle (deadlock) those waits form,
 including a thread waiting for a lock it already holds."""
     command = "qemu mutex"
-
-    def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.add_argument("spec", metavar="EXPR|LABEL", nargs="+")
+    operand = "EXPR|LABEL"
 
     def run(self, args, snap):
-        spec = " ".join(args.spec)
+        spec = args.spec
         address, kind = self._resolve(snap, spec)
         lock = read_mutex(snap, address, kind=kind, with_waiters=True)
         if lock.locked is None:

@@ -14,13 +14,10 @@ Usage: qemu qiotask [--json] EXPR
        qemu qiotask list [--json]"""
     command = "qemu qiotask"
     prefix = True
-
-    def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.add_argument("spec", metavar="EXPR", nargs="+")
+    operand = "EXPR"
 
     def run(self, args, snap):
-        address, _pointee = address_of_expression(" ".join(args.spec))
+        address, _pointee = address_of_expression(args.spec)
         task = read_qiotask(snap, address, found_via="expression")
         if task.func is None and task.problems:
             raise TargetReadError(f"QIOTask {' '.join(args.spec)!r}: {task.problems[0]}")
@@ -35,9 +32,6 @@ Usage: qemu qiotask list [--json]
 Worker threads are those with qio_task_thread_worker on their stack; their task comes from
 that frame."""
     command = "qemu qiotask list"
-
-    def build_parser(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def run(self, args, snap):
         tasks = reachable_tasks(snap, find_chardevs(snap, include_frames=False))

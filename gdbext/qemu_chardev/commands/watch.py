@@ -53,6 +53,7 @@ process never gets it), then detach; a process started under gdb whose watch nev
 is killed instead.  --at-scene: do nothing if the watch stopped at the scene of an error
 (you keep the prompt there).  --quit: then quit gdb (not when left at the scene)."""
     command = "qemu watch-disconnect"
+    json_help = "print the summary as JSON"
     needs_target = False
 
     def build_parser(self, parser):
@@ -60,7 +61,6 @@ is killed instead.  --at-scene: do nothing if the watch stopped at the scene of 
         parser.add_argument("--arm-only", action="store_true",
                             help="arm and return to the prompt; run later with "
                                  "'qemu watch-disconnect'")
-        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
         parser.add_argument("--control-fd", type=int, metavar="FD",
                             help="for scripts: stop watching when FD is readable or closed")
         mode = parser.add_mutually_exclusive_group()

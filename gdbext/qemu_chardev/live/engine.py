@@ -29,8 +29,8 @@ import time
 
 import gdb
 
-from qemu_chardev.analysis import watch as wa
 from qemu_chardev.model.errors import QcgError
+from qemu_chardev.model import stops
 
 # Signals QEMU gets in normal operation (SIGPIPE when a peer hangs up mid-write: ignored by
 # QEMU, but a ptraced process reports even ignored signals).
@@ -214,16 +214,16 @@ class Engine:
             quiet=False, to_string=False):
         """Resume the process until ``after_stop(stop, done)`` returns a reason; return it.
 
-        ``stop`` is an ``analysis.watch.Stop``; ``done`` the queued work just run (none after
+        ``stop`` is a ``model.stops.Stop``; ``done`` the queued work just run (none after
         an exit, Ctrl-C or a failed resume).  ``duration``/``control_fd``: SIGINT the process
         then (the SIGINT stop carries ``deadline_reason`` or "stop requested").  ``quiet``
         passes QUIET_SIGNALS without stopping and silences gdb's notifications;
         ``to_string`` swallows gdb's resume and stop messages.
         """
-        stops = []
+        events = []
 
         def on_event(event):
-            stops.append(event)
+            events.append(event)
 
         saved = quiet_signals() if quiet else []
         notifications = set_parameter("suppress-cli-notifications", "on" if quiet else None)
@@ -237,17 +237,17 @@ class Engine:
         reason = None
         try:
             while reason is None:
-                del stops[:]
+                del events[:]
                 done = []
                 try:
                     gdb.execute("continue", to_string=to_string)
                 except KeyboardInterrupt:
-                    stop = wa.Stop(wa.STOP_CTRL_C)
+                    stop = stops.Stop(stops.STOP_CTRL_C)
                 except gdb.error as exc:
-                    stop = wa.Stop(wa.STOP_RESUME_FAILED, message=str(exc))
+                    stop = stops.Stop(stops.STOP_RESUME_FAILED, message=str(exc))
                 else:
-                    stop = self.classify(stops)
-                    if stop.kind != wa.STOP_EXITED:
+                    stop = self.classify(events)
+                    if stop.kind != stops.STOP_EXITED:
                         done = self.run_queued()
                 reason = after_stop(stop, done)
         finally:
@@ -265,26 +265,27 @@ class Engine:
         """We sent a SIGINT that no stop has reported yet (it may still be queued)."""
         return bool(self.interrupter and self.interrupter.sent and not self.interrupter.seen)
 
-    def classify(self, stops):
+    def classify(self, events):
         """The ``Stop`` one `continue` ended with, from gdb's stop and exit events."""
-        for event in stops:
+        for event in events:
             if isinstance(event, gdb.ExitedEvent):
-                return wa.Stop(wa.STOP_EXITED, exit_code=getattr(event, "exit_code", None))
-        for event in stops:
+                return stops.Stop(stops.STOP_EXITED,
+                                  exit_code=getattr(event, "exit_code", None))
+        for event in events:
             if isinstance(event, gdb.SignalEvent):
                 name = event.stop_signal
                 interrupt = None
                 if name == "SIGINT" and self.interrupter is not None and self.interrupter.sent:
                     self.interrupter.seen = True
                     interrupt = self.interrupter.why
-                return wa.Stop(wa.STOP_SIGNAL, signal=name, interrupt=interrupt)
+                return stops.Stop(stops.STOP_SIGNAL, signal=name, interrupt=interrupt)
             if isinstance(event, gdb.BreakpointEvent) and not self.is_ours(event):
-                return wa.Stop(wa.STOP_FOREIGN)
-        if not stops:
-            return wa.Stop(wa.STOP_NOTHING)
-        if not any(isinstance(s, gdb.BreakpointEvent) for s in stops):
-            return wa.Stop(wa.STOP_OTHER)
-        return wa.Stop(wa.STOP_OURS)
+                return stops.Stop(stops.STOP_FOREIGN)
+        if not events:
+            return stops.Stop(stops.STOP_NOTHING)
+        if not any(isinstance(e, gdb.BreakpointEvent) for e in events):
+            return stops.Stop(stops.STOP_OTHER)
+        return stops.Stop(stops.STOP_OURS)
 
 
 # --- gdb settings ----------------------------------------------------------------------------

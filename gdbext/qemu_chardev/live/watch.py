@@ -22,6 +22,7 @@ from qemu_chardev.analysis.watch import State
 from qemu_chardev.live import engine as live
 from qemu_chardev.live.disconnect import ERROR, FINALIZED, NEW, DisconnectWatch
 from qemu_chardev.live.sink import EventSink
+from qemu_chardev.model import stops
 
 MAX_RESUME_RETRIES = 8
 IDLE_STATES = (State.ARMED, State.PAUSED, State.AT_SCENE)    # armed, the loop not running
@@ -135,9 +136,9 @@ class WatchSession:
 
     def _after_stop(self, stop, done):
         """The engine's question after each stop: None to go on, else why the watch ends."""
-        if stop.kind == wa.STOP_EXITED:
+        if stop.kind == stops.STOP_EXITED:
             self.exit_status = stop.exit_code
-        if stop.kind == wa.STOP_RESUME_FAILED and self._retries < MAX_RESUME_RETRIES \
+        if stop.kind == stops.STOP_RESUME_FAILED and self._retries < MAX_RESUME_RETRIES \
                 and self.watch.drop_unplaceable(stop.message):
             self._retries += 1
             return None

@@ -26,6 +26,7 @@ SIGNAL_NAMES = {
 # Signals a program gets when it did something wrong (or aborted itself).  SIGSTOP/SIGTRAP in
 # a core mean a gcore snapshot or a debugger stop instead, SIGQUIT a core asked for.
 CRASH_SIGNALS = frozenset({4, 6, 7, 8, 11, 31})
+CRASH_SIGNAL_NAMES = frozenset(SIGNAL_NAMES[s] for s in CRASH_SIGNALS)
 # si_code values of a fault (asm-generic/siginfo.h) and of user-sent signals.
 SI_CODES = {
     11: {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 3: "SEGV_BNDERR", 4: "SEGV_PKUERR"},

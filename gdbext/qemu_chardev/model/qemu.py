@@ -66,7 +66,6 @@ ABORT_FUNCTIONS = frozenset({"abort", "__assert_fail", "__assert_fail_base", "ra
                              "g_assertion_message_cmpstr", "g_error", "qemu_abort"})
 
 
-
 def display_path(path):
     """A source path as shown to people: QEMU's headers as "include/...", not the absolute
     path of the build machine's source tree."""
