@@ -6,14 +6,12 @@ Each command is a ``base.QcgCommand`` whose class docstring is its gdb ``help``.
 import gdb
 
 from qemu_chardev.commands import chardev, diagnose, gsource, mutex, qiotask, watch
-from qemu_chardev.commands.base import QcgCommand
+from qemu_chardev.commands.base import HelpPrefix
 
 
-class QemuPrefix(QcgCommand):
+class QemuPrefix(HelpPrefix):
     """Commands for inspecting QEMU (chardevs, locks, GSources, QIOTasks)."""
     command = "qemu"
-    prefix = True
-    completer = gdb.COMPLETE_COMMAND
 
 
 def register():

@@ -114,6 +114,15 @@ class QcgCommand(gdb.Command):
                                "(QCG_DEBUG=1 shows the traceback)") from None
 
 
+class HelpPrefix(QcgCommand):
+    """A prefix command that, alone, shows its own help (its subcommands)."""
+    prefix = True
+    completer = gdb.COMPLETE_COMMAND
+
+    def invoke(self, argument, from_tty):
+        gdb.execute(f"help {self.command}", from_tty)
+
+
 def envelope(snap, **payload):
     """The JSON object every command prints: completeness, problems, then its payload."""
     out = {"complete": not snap.problems, "problems": list(snap.problems)}

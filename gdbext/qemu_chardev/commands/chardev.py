@@ -1,7 +1,7 @@
 """`qemu chardev list` and `qemu chardev show`."""
 import gdb
 
-from qemu_chardev.commands.base import QcgCommand, envelope
+from qemu_chardev.commands.base import HelpPrefix, QcgCommand, envelope
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.readers import qom
 from qemu_chardev.readers.chardev import find_chardevs, read_chardev, resolve_chardev
@@ -9,14 +9,9 @@ from qemu_chardev.render import base as render
 from qemu_chardev.target.snapshot import Snapshot
 
 
-class ChardevPrefix(QcgCommand):
+class ChardevPrefix(HelpPrefix):
     """Inspect QEMU character devices: `qemu chardev list`, `qemu chardev show LABEL`."""
     command = "qemu chardev"
-    prefix = True
-    completer = gdb.COMPLETE_COMMAND
-
-    def invoke(self, argument, from_tty):
-        gdb.execute("help qemu chardev", from_tty)
 
 
 class ChardevList(QcgCommand):
