@@ -15,7 +15,7 @@ Folders, each importing only those below it (tests/unit/test_layers.py enforces 
   model/      plain data and the facts of QEMU, GLib and glibc, each defined once
 """
 
-__version__ = "0.1.0"
+from qemu_chardev.model.tool import VERSION as __version__  # noqa: F401
 
 
 def load():

@@ -7,12 +7,11 @@ are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from qemu_chardev import __version__
+from qemu_chardev.model import tool
 from qemu_chardev.model.objects import ptr
 from qemu_chardev.model.qemu import display_location, frame_roles, innermost_qemu_frame
 
 REPORT_SCHEMA = "qemu-chardev-report/1"
-TOOL_NAME = "qemu-chardev-gdb"
 SEVERITIES = ("error", "warning", "info")
 
 SIGABRT, SIGSEGV = 6, 11
@@ -234,7 +233,7 @@ def new_report(target, *, problems=(), error=None, crash=None, threads=(), chard
     findings = list(findings)
     return {
         "schema": REPORT_SCHEMA,
-        "tool": {"name": TOOL_NAME, "version": __version__},
+        "tool": {"name": tool.NAME, "version": tool.VERSION},
         "target": target,
         "complete": not problems and error is None,
         "problems": list(problems),
