@@ -84,3 +84,32 @@ def test_a_thread_aborting_inside_the_lock_code_is_not_waiting():
                 _frame("__assert_fail", None, is_qemu=False), lock, caller]
     assert qemu.blocked_on(waiting) == 0x5000
     assert qemu.blocked_on(aborting) is None
+
+
+def test_glibc_assert_message_is_parsed():
+    from qemu_chardev.model import glibc
+    text = ("qemu-storage-daemon: ../util/qemu-thread-posix.c:88: qemu_mutex_lock_impl: "
+            "Assertion `mutex->initialized' failed.\n")
+    parsed = glibc.parse_assert_message(text)
+    assert parsed == {"program": "qemu-storage-daemon", "file": "../util/qemu-thread-posix.c",
+                      "line": 88, "function": "qemu_mutex_lock_impl",
+                      "expression": "mutex->initialized"}
+    assert glibc.parse_assert_message("free(): double free detected in tcache 2\n") is None
+
+
+def test_glib_assert_message_is_parsed():
+    parsed = glib.parse_glib_assert_message(
+        "ERROR:../chardev/char-socket.c:1234:tcp_chr_foo: assertion failed: (s->ioc == NULL)")
+    assert (parsed["file"], parsed["line"], parsed["function"], parsed["expression"]) == \
+        ("../chardev/char-socket.c", 1234, "tcp_chr_foo", "s->ioc == NULL")
+
+
+def test_mutex_status_never_calls_a_destroyed_mutex_free():
+    from qemu_chardev.model.objects import MutexState
+    assert MutexState(address=1, kind="QemuMutex", locked=False, destroyed=True).status == \
+        "destroyed"
+    assert MutexState(address=1, kind="QemuMutex", locked=False,
+                      initialized=False).status == "uninitialized"
+    assert MutexState(address=1, kind="QemuMutex", locked=True, initialized=True).status == \
+        "held"
+    assert MutexState(address=1, kind="QemuMutex", locked=None).status == "unknown"
