@@ -9,10 +9,11 @@ Built-in finding ids:
   deadlock               error    threads wait on each other's mutexes (or on one they hold)
   write-lock-held        info     who holds a chr_write_lock and where; warning when the owner
                                   is not in the write path (or waits, or is gone)
-and those of ``analysis.lifecycle`` (use-after-free of each object kind, and the catch-all
-chardev-crash for a crash in chardev code that nothing else explains).
+those of ``analysis.lifecycle`` (use-after-free of each object kind, and the catch-all
+chardev-crash for a crash in chardev code that nothing else explains), and
+known-upstream-bug from ``analysis.upstream`` (a crash that matches a catalogued bug).
 """
-from qemu_chardev.analysis import lifecycle, locks
+from qemu_chardev.analysis import lifecycle, locks, upstream
 from qemu_chardev.model.diagnosis import SEVERITIES, Finding, chardev_label
 from qemu_chardev.model.qemu import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS,
                                      LOCKED_DISCONNECT_FUNCTIONS, WRITE_ENTRY,
@@ -344,7 +345,7 @@ def write_lock_held(facts):
 # --- running the rules ---------------------------------------------------------------------
 
 DEFAULT_PROVIDERS = (ioc_null_during_write, deadlock, write_lock_held,
-                     lifecycle.use_after_free)
+                     lifecycle.use_after_free, upstream.known_upstream_bugs)
 
 
 def severity_rank(severity):

@@ -177,6 +177,7 @@ class DiagnosisInput:
     tasks: list = field(default_factory=list)
     objects: list = field(default_factory=list)     # model.liveness.ObjectLiveness
     assertion: Optional[dict] = None                # readers.crash.read_assertion
+    qemu_version: Optional[str] = None              # what the binary says it is
     extra_findings: List[Finding] = field(default_factory=list)
 
     def thread(self, lwp):

@@ -141,7 +141,8 @@ def build_report(snap, skip_sections=()):
                            crash=crash_facts, owner_of=owner_of,
                            mutex_symbols=_mutex_symbols(waiting_on.values()),
                            disconnect_locking=binary.disconnect_locking(),
-                           tasks=reachable_tasks(snap, chardevs), assertion=assertion)
+                           tasks=reachable_tasks(snap, chardevs), assertion=assertion,
+                           qemu_version=target_info.get("qemu_version"))
     facts.objects = _judge_reached(alive, facts)
     if assertion is not None:
         assertion["concerns"] = [{"address": ptr(o.address), "kind": o.kind,

@@ -1,0 +1,166 @@
+"""Known upstream QEMU chardev bugs: does this crash match one, and what was checked.
+
+Each signature is a list of named checks over the diagnosis facts (the crash, its assertion,
+the crashing thread's frames, the chardevs and the liveness of the objects the frames hold).
+A bug is named only when every check holds; the finding lists each check with what it saw, so a
+reader can tell a match from a guess.  The catalogue itself (fix titles, releases, which Debian
+QEMU has the bug) is ``model.upstream``.  No gdb imports.
+"""
+from qemu_chardev.model.diagnosis import SIGABRT, SIGSEGV, Finding
+from qemu_chardev.model.liveness import CHANNEL, CHARDEV
+from qemu_chardev.model.upstream import CATALOGUE
+
+UPSTREAM_BUG = "known-upstream-bug"
+
+
+class Check:
+    """One named condition of a signature and what it saw."""
+
+    def __init__(self, what, ok, saw):
+        self.what, self.ok, self.saw = what, bool(ok), saw
+
+    def to_json(self):
+        return {"check": self.what, "ok": self.ok, "saw": self.saw}
+
+
+def _crash(facts):
+    crash = facts.crash
+    return crash if crash is not None and crash.is_crash else None
+
+
+def _functions(facts):
+    crash = _crash(facts)
+    thread = facts.thread(crash.lwp) if crash is not None else None
+    return [f.function or "?" for f in thread.frames] if thread is not None else []
+
+
+def _signal(facts, signo):
+    crash = _crash(facts)
+    saw = crash.signal_name if crash is not None else "no crash"
+    return Check(f"the process died of signal {signo}", crash is not None and crash.signal == signo,
+                 saw)
+
+
+def _frames(facts, *names):
+    functions = _functions(facts)
+    missing = [n for n in names if n not in functions]
+    return Check("the crashing thread runs " + " <- ".join(names), not missing,
+                 "missing: " + ", ".join(missing) if missing else "all on its stack")
+
+
+def _assertion(facts, expression, function=None):
+    assertion = facts.assertion or {}
+    saw = (f"`{assertion.get('expression')}` in {assertion.get('function')}()"
+           if assertion else "no assertion message")
+    ok = bool(assertion) and expression in (assertion.get("expression") or "") and \
+        (function is None or assertion.get("function") == function)
+    return Check(f"the failed assertion is `{expression}`"
+                 + (f" in {function}()" if function else ""), ok, saw)
+
+
+def _held_dead(facts, kind):
+    """The first dead object of ``kind`` that the crashing thread holds (or None)."""
+    crash = _crash(facts)
+    if crash is None:
+        return None
+    return next((o for o in facts.objects if o.kind == kind and o.dead and
+                 any(h.lwp == crash.lwp for h in o.holders)), None)
+
+
+def _dead(facts, kind, what):
+    obj = _held_dead(facts, kind)
+    return Check(f"the {what} its frames hold is finalized or freed", obj is not None,
+                 f"{obj.describe()} {obj.verdict}" if obj is not None else
+                 f"no dead {kind} on the crashing thread's stack")
+
+
+def _crash_chardev(facts):
+    """The live chardev (from the report's list) a crashing frame points at, or None."""
+    crash = _crash(facts)
+    thread = facts.thread(crash.lwp) if crash is not None else None
+    for frame in thread.frames if thread is not None else []:
+        for _name, pointee, value in frame.pointers or ():
+            chardev = facts.chardev_at(value) if pointee in ("Chardev", "SocketChardev") \
+                else None
+            if chardev is not None and chardev.type:
+                return chardev
+    return None
+
+
+def _chardev_field(facts, name, predicate, wording):
+    chardev = _crash_chardev(facts)
+    value = chardev.fields.get(name) if chardev is not None else None
+    return Check(f"the crashing chardev's {name} {wording}",
+                 chardev is not None and predicate(value),
+                 f"{name}={value}" if chardev is not None else "no chardev on the stack")
+
+
+def _iowatch_chardev_without_channel(facts):
+    """io_watch_poll_prepare's IOWatchPoll is the gsource of a chardev whose ioc is NULL."""
+    crash = _crash(facts)
+    thread = facts.thread(crash.lwp) if crash is not None else None
+    sources = {v for f in (thread.frames if thread is not None else [])
+               if f.function == "io_watch_poll_prepare"
+               for _n, p, v in f.pointers or () if p in ("GSource", "_GSource")}
+    for chardev in facts.chardevs:
+        if any(g.address in sources and g.role == "gsource" for g in chardev.gsources):
+            return Check("the IOWatchPoll being prepared belongs to a chardev whose ioc is "
+                         "NULL", not chardev.ioc,
+                         f"chardev '{chardev.label}' ioc={chardev.ioc and hex(chardev.ioc)}")
+    return Check("the IOWatchPoll being prepared belongs to a chardev whose ioc is NULL", False,
+                 "no chardev's gsource is the source being prepared")
+
+
+SIGNATURES = {
+    "websock-handshake-uaf": lambda f: [
+        _signal(f, SIGABRT), _assertion(f, "mutex->initialized", "qemu_mutex_lock_impl"),
+        _frames(f, "tcp_chr_disconnect", "tcp_chr_websock_handshake"),
+        _dead(f, CHARDEV, "chardev")],
+    "iowatch-ioc-uaf": lambda f: [
+        _signal(f, SIGSEGV), _frames(f, "qio_channel_create_watch", "io_watch_poll_prepare"),
+        _dead(f, CHANNEL, "QIOChannel"), _iowatch_chardev_without_channel(f)],
+    "qmp-listener-race": lambda f: [
+        _signal(f, SIGABRT), _assertion(f, "TCP_CHARDEV_STATE_DISCONNECTED"),
+        _frames(f, "tcp_chr_accept", "qio_net_listener_channel_func"),
+        _chardev_field(f, "state", lambda v: v not in (None, "disconnected"),
+                       "is no longer disconnected (another thread accepted a client)")],
+    "connect-task-ref": lambda f: [
+        _signal(f, SIGABRT),
+        _frames(f, "yank_unregister_function", "tcp_chr_free_connection",
+                "char_socket_finalize"),
+        _chardev_field(f, "connect_task", lambda v: v not in (None, "n/a", "NULL", 0),
+                       "is still set (its connect task is pending)")],
+    "connect-error-double-free": lambda f: [
+        _signal(f, SIGSEGV), _frames(f, "error_free", "qemu_chr_socket_connected"),
+        _chardev_field(f, "connect_err_reported", lambda v: v in (True, 1, "true"),
+                       "is set (the error was reported, and freed, already)")],
+    "reconnect-timer": lambda f: [
+        _signal(f, SIGABRT),
+        _assertion(f, "!s->reconnect_timer", "qemu_chr_socket_restart_timer"),
+        _frames(f, "qemu_chr_socket_restart_timer", "tcp_chr_disconnect_locked")],
+}
+
+
+def known_upstream_bugs(facts):
+    """An error finding for each catalogued bug whose every check holds."""
+    out = []
+    for bug in CATALOGUE:
+        checks = SIGNATURES[bug.id](facts)
+        if not all(c.ok for c in checks):
+            continue
+        crash = _crash(facts)
+        chardev = _crash_chardev(facts)
+        detail = (f"{bug.symptom} Checked: " + "; ".join(f"{c.what} ({c.saw})" for c in checks)
+                  + f". {bug.debian_text()}")
+        if facts.qemu_version:
+            detail += f" This binary says it is QEMU {facts.qemu_version}."
+        out.append(Finding(
+            UPSTREAM_BUG, "error",
+            f"matches known upstream bug {bug.id}: {bug.short}, fixed in QEMU {bug.fixed_in}",
+            detail, f'upstream fix "{bug.fix_title}" (QEMU {bug.fixed_in}'
+            + (f", commit {bug.commit}" if bug.commit else "") + ")",
+            chardev=chardev.label if chardev is not None else None,
+            lwp=crash.lwp, thread=crash.thread,
+            evidence={"bug": bug.id, "fix": bug.fix_title, "fixed_in": bug.fixed_in,
+                      "commit": bug.commit, "checks": [c.to_json() for c in checks]}))
+    return out
