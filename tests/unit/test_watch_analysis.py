@@ -429,3 +429,17 @@ def test_summary_object():
     assert summary["events"] == [event.to_json()]
     assert watch_render.summary_line(summary).startswith(
         "qemu watch-disconnect: duration elapsed; 1 error(s), 1 warning(s)")
+
+
+def test_callback_on_a_finalized_chardev_is_an_error_and_a_live_one_is_not():
+    assert wa.callback_on_finalized("qemu_chr_socket_connected", 1, True) is None
+    reason = wa.callback_on_finalized("tcp_chr_websock_handshake", 0, False)
+    assert "tcp_chr_websock_handshake() is about to run on a finalized chardev" in reason
+    assert "Object.ref is 0" in reason and "chr_write_lock was destroyed" in reason
+    assert wa.SEVERITY[wa.CALLBACK_ON_FINALIZED] == "error"
+    assert "tcp_chr_read" not in wa.CHECKED_CALLBACKS     # the hot path is never stopped
+
+
+def test_finalize_with_a_pending_connect_task_is_an_error():
+    assert wa.finalized_with_pending_task(0) is None
+    assert "0x1000 is pending" in wa.finalized_with_pending_task(0x1000)

@@ -26,9 +26,22 @@ from qemu_chardev.model.objects import ptr
 
 DISCONNECT_DURING_WRITE = "disconnect-during-write"
 DISCONNECT_WITHOUT_LOCK = "disconnect-without-write-lock"
+CALLBACK_ON_FINALIZED = "callback-on-finalized-chardev"
+FINALIZED_WITH_PENDING_TASK = "finalized-with-pending-task"
 CRASH = "crash"
 SEVERITY = {DISCONNECT_DURING_WRITE: "error", DISCONNECT_WITHOUT_LOCK: "warning",
+            CALLBACK_ON_FINALIZED: "error", FINALIZED_WITH_PENDING_TASK: "error",
             CRASH: "error"}
+
+# Rare-path chardev callbacks (a connect completes, a handshake ends, the reconnect timer
+# fires) and the argument that carries their Chardev: each is checked, at its entry, to be
+# about to run on a live chardev (the upstream bugs in model.upstream that let it run on a
+# finalized one crash a moment later).  tcp_chr_read and tcp_chr_hup are left out: the
+# first runs on every read, the hot path.
+CHECKED_CALLBACKS = {"qemu_chr_socket_connected": "opaque",
+                     "tcp_chr_websock_handshake": "user_data",
+                     "tcp_chr_tls_handshake": "user_data",
+                     "socket_reconnect_timeout": "opaque"}
 
 # TCPChardevState: the same values in every QEMU version (0, 1, 2).
 STATE_DISCONNECTED, STATE_CONNECTING, STATE_CONNECTED = 0, 1, 2
@@ -145,6 +158,31 @@ def describe_change(field_name, old, new):
     if field_name == TEARDOWN:
         return "connection freed (tcp_chr_free_connection)"
     return f"{field_name} {ptr(old) or 'NULL'} -> {ptr(new) or 'NULL'}"
+
+
+def callback_on_finalized(function, ref, lock_initialized):
+    """Why running ``function`` on this chardev is a use-after-free, or None when it is alive.
+
+    ``ref`` is its ``Object.ref``, ``lock_initialized`` its ``chr_write_lock.initialized``
+    (char_finalize destroys the lock; a freed chunk keeps ``ref`` 0)."""
+    dead = []
+    if ref == 0:
+        dead.append("Object.ref is 0")
+    if lock_initialized is False:
+        dead.append("its chr_write_lock was destroyed")
+    if not dead:
+        return None
+    return (f"{function}() is about to run on a finalized chardev (" + ", ".join(dead)
+            + "): the task or source that calls it held no reference, and the chardev was "
+            "finalized under it")
+
+
+def finalized_with_pending_task(connect_task):
+    """Why finalizing a socket chardev now is a bug, or None (no connect task pending)."""
+    if not connect_task:
+        return None
+    return (f"char_socket_finalize() runs while connect task 0x{connect_task:x} is pending: "
+            "its completion will run on the freed chardev (the task must hold a reference)")
 
 
 def in_finalizer(function_names):

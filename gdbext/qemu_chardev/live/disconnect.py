@@ -37,7 +37,7 @@ import gdb
 
 from qemu_chardev.analysis import watch as wa
 from qemu_chardev.live.engine import NoHardwareWatchpoint, frame_int, thread_lwp
-from qemu_chardev.model.errors import QcgError
+from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers import qom
 from qemu_chardev.readers.chardev import SOCKET_TYPE, socket_layout
 from qemu_chardev.readers.mutex import read_mutex
@@ -48,6 +48,8 @@ CREATE_FUNCTION = "qmp_chardev_open_socket"
 FINALIZE_FUNCTION = "char_socket_finalize"
 FALLBACK_FUNCTION = "tcp_chr_free_connection"
 FINALIZER_SCAN_DEPTH = 16
+REF_FIELD = "parent.parent_obj.ref"
+LOCK_INITIALIZED_FIELD = "parent.chr_write_lock.initialized"
 # Kinds of the work queued on the engine by stop().
 NEW, FINALIZED, ERROR = "new", "finalized", "error"
 
@@ -99,6 +101,7 @@ class DisconnectWatch:
         self.final_coverage = []
         self.pid = None
         self._fallback_announced = set()
+        self.finalized_labels = {}       # address -> label of chardevs finalized while watched
 
     # --- arming ---------------------------------------------------------------------------
 
@@ -136,6 +139,10 @@ class DisconnectWatch:
                                   f"while watching are not followed")
                 continue
             self.function_breaks[role] = self.engine.breakpoint(function, handler)
+        for function, argument in wa.CHECKED_CALLBACKS.items():
+            if target.symbol_address(function) is not None:
+                self.function_breaks[f"callback {function}"] = self.engine.breakpoint(
+                    function, self.on_callback, function, argument)
         for label, address in found:
             self._track(label, address)
         self._rebalance(announce=False)
@@ -385,11 +392,35 @@ class DisconnectWatch:
         self.engine.queue(NEW, self._created, label, address)
         return True
 
+    def on_callback(self, function, argument):
+        """A rare-path chardev callback is about to run: on a live chardev?"""
+        address = frame_int(argument)
+        snap = Snapshot()
+        try:
+            view = snap.mem.view(self.layout, address, "SocketChardev")
+        except TargetReadError:
+            return False
+        reason = wa.callback_on_finalized(function, view.get(REF_FIELD),
+                                          view.get(LOCK_INITIALIZED_FIELD))
+        if reason is None:
+            return False
+        return self._lifecycle_error(wa.CALLBACK_ON_FINALIZED, reason, address)
+
     def on_finalize(self):
         address = frame_int("obj")
+        snap = Snapshot()
+        try:
+            task = snap.mem.view(self.layout, address, "SocketChardev").get("connect_task")
+        except TargetReadError:
+            task = None
+        reason = wa.finalized_with_pending_task(task)
         tracked = self.tracked.get(address)
+        if tracked is not None:
+            self.finalized_labels[address] = tracked.label
+        if reason is not None:
+            self._lifecycle_error(wa.FINALIZED_WITH_PENDING_TASK, reason, address)
         if tracked is None:
-            return False
+            return reason is not None
         tracked.finalizing = True
         self.counters.finalized += 1
         self.engine.queue(FINALIZED, self._finalized, tracked)
@@ -408,6 +439,20 @@ class DisconnectWatch:
             self._forget(stale)
         self._track(label, address)
         self._rebalance(new={address})
+
+    def _lifecycle_error(self, kind, reason, address):
+        """Record a lifecycle error seen in stop(): its stack now, the core after the stop."""
+        thread = gdb.selected_thread()
+        label = self.tracked[address].label if address in self.tracked else \
+            self.finalized_labels.get(address)
+        event = wa.WatchEvent(
+            id=self.sink.new_id(), kind=kind, reason=reason, label=label, address=address,
+            lwp=thread_lwp(thread), thread=thread.num if thread else None,
+            thread_name=thread.name if thread else None, time=time.time(),
+            stack=[f.to_json() for f in selected_thread_stack()])
+        self.counters.errors += 1
+        self.engine.queue(ERROR, self._complete_error, event)
+        return True
 
     def _complete_error(self, event):
         """The writer's stack (a thread switch) and the core, then the report."""

@@ -1,6 +1,9 @@
 """Text for `qemu watch-disconnect`: coverage table, event reports, summaries (no gdb)."""
 from qemu_chardev.render import base as render
-from qemu_chardev.analysis.watch import SEVERITY
+from qemu_chardev.analysis.watch import (CALLBACK_ON_FINALIZED, FINALIZED_WITH_PENDING_TASK,
+                                         SEVERITY)
+
+LIFECYCLE_KINDS = (CALLBACK_ON_FINALIZED, FINALIZED_WITH_PENDING_TASK)
 
 PREFIX = "qemu watch-disconnect"
 STACK_LINES = 8
@@ -51,6 +54,8 @@ def event_block(event, colour=False, brief=False):
         who += f" \"{event['thread_name']}\")" if event.get("thread_name") else ")"
     if event["kind"] == "crash":
         lines.append(f"  crashing thread {who}, signal {event.get('signal')}:")
+    elif event["kind"] in LIFECYCLE_KINDS:
+        lines.append(f"  thread {who}:")
     else:
         lines.append(f"  disconnecting thread {who}:")
     lines += stack_lines(event.get("stack") or [],
