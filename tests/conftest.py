@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
+# The harness (support) and the extension's gdb-free layers (ground truth for catalogue facts).
+for _path in (TESTS_DIR, TESTS_DIR.parent / "gdbext"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import support  # noqa: E402  (needs the sys.path entry above)
 

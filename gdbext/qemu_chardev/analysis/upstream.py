@@ -95,20 +95,15 @@ def _chardev_field(facts, name, predicate, wording):
                  f"{name}={value}" if chardev is not None else "no chardev on the stack")
 
 
-def _iowatch_chardev_without_channel(facts):
-    """io_watch_poll_prepare's IOWatchPoll is the gsource of a chardev whose ioc is NULL."""
-    crash = _crash(facts)
-    thread = facts.thread(crash.lwp) if crash is not None else None
-    sources = {v for f in (thread.frames if thread is not None else [])
-               if f.function == "io_watch_poll_prepare"
-               for _n, p, v in f.pointers or () if p in ("GSource", "_GSource")}
-    for chardev in facts.chardevs:
-        if any(g.address in sources and g.role == "gsource" for g in chardev.gsources):
-            return Check("the IOWatchPoll being prepared belongs to a chardev whose ioc is "
-                         "NULL", not chardev.ioc,
-                         f"chardev '{chardev.label}' ioc={chardev.ioc and hex(chardev.ioc)}")
-    return Check("the IOWatchPoll being prepared belongs to a chardev whose ioc is NULL", False,
-                 "no chardev's gsource is the source being prepared")
+def _stale_channel(facts):
+    """The dead channel the crashing frames hold is no chardev's current ioc or sioc."""
+    channel = _held_dead(facts, CHANNEL)
+    current = {c.ioc for c in facts.chardevs} | {c.sioc for c in facts.chardevs}
+    ok = channel is not None and channel.address not in current
+    return Check("the dead QIOChannel is no chardev's current ioc/sioc (a stale watch)", ok,
+                 "no dead channel" if channel is None else
+                 f"0x{channel.address:x} is " + ("not" if ok else "still") +
+                 " a chardev's ioc/sioc")
 
 
 SIGNATURES = {
@@ -118,7 +113,7 @@ SIGNATURES = {
         _dead(f, CHARDEV, "chardev")],
     "iowatch-ioc-uaf": lambda f: [
         _signal(f, SIGSEGV), _frames(f, "qio_channel_create_watch", "io_watch_poll_prepare"),
-        _dead(f, CHANNEL, "QIOChannel"), _iowatch_chardev_without_channel(f)],
+        _dead(f, CHANNEL, "QIOChannel"), _stale_channel(f)],
     "qmp-listener-race": lambda f: [
         _signal(f, SIGABRT), _assertion(f, "TCP_CHARDEV_STATE_DISCONNECTED"),
         _frames(f, "tcp_chr_accept", "qio_net_listener_channel_func"),
@@ -156,8 +151,9 @@ def known_upstream_bugs(facts):
             detail += f" This binary says it is QEMU {facts.qemu_version}."
         out.append(Finding(
             UPSTREAM_BUG, "error",
-            f"matches known upstream bug {bug.id}: {bug.short}, fixed in QEMU {bug.fixed_in}",
-            detail, f'upstream fix "{bug.fix_title}" (QEMU {bug.fixed_in}'
+            f"matches known upstream bug {bug.id}: {bug.short}, fixed in QEMU "
+            f"{bug.fixed_in_text}",
+            detail, f'upstream fix "{bug.fix_title}" (QEMU {bug.fixed_in_text}'
             + (f", commit {bug.commit}" if bug.commit else "") + ")",
             chardev=chardev.label if chardev is not None else None,
             lwp=crash.lwp, thread=crash.thread,

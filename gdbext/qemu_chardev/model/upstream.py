@@ -16,9 +16,15 @@ class UpstreamBug:
     symptom: str                    # what the crash looks like and why
     fix_title: str
     fixed_in: str                   # first upstream release with the fix
-    commit: Optional[str] = None
+    commit: Optional[str] = None    # only where verified
+    fixed_in_verified: bool = True  # False: the release is the mailing list's word
     # Debian QEMU source -> True when that source still has the bug (read in its tree).
     debian: Dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def fixed_in_text(self):
+        return self.fixed_in if self.fixed_in_verified else \
+            f"{self.fixed_in} (per qemu-devel; release not verified)"
 
     def debian_text(self):
         if not self.debian:
@@ -45,26 +51,27 @@ CATALOGUE = (
         "websock-handshake-uaf",
         "a websocket chardev's handshake task completes on the freed Chardev",
         "A websocket server chardev was removed while its client's websocket handshake was "
-        "pending; the handshake QIOTask completed afterwards and tcp_chr_websock_handshake() "
-        "ran with the freed Chardev as its user_data, so tcp_chr_disconnect() locked the "
-        "destroyed chr_write_lock.",
-        "chardev/char-socket: close the handshake's channel when the chardev is finalized",
-        "10.0", debian=_debian(True, True, False, False)),
+        "pending; when the client hung up, the handshake QIOTask completed and "
+        "tcp_chr_websock_handshake() ran with the finalized Chardev as its user_data, so "
+        "tcp_chr_disconnect() locked the destroyed chr_write_lock.",
+        "chardev: close QIOChannel before unref'ing", "9.0",
+        debian=_debian(True, True, False, False)),
     UpstreamBug(
         "iowatch-ioc-uaf",
         "the chardev's IOWatchPoll uses a QIOChannel that was already freed",
-        "io_watch_poll_prepare() created a watch on IOWatchPoll.ioc, a QIOChannel whose last "
-        "reference was dropped (qio_channel_fd_source_finalize) while the chardev's own ioc and "
-        "sioc were already cleared: the IOWatchPoll never held a reference of its own.",
-        "chardev: Fix QIOChannel refcount", "11.0",
+        "io_watch_poll_prepare() of an IOWatchPoll the chardev no longer points at (its "
+        "chr->gsource is another one) created a watch on IOWatchPoll.ioc, a QIOChannel whose "
+        "last reference was already dropped: the IOWatchPoll never held a reference of its "
+        "own, and the chardev moved on to a new channel.",
+        "chardev: Fix QIOChannel refcount", "11.0", fixed_in_verified=False,
         debian=_debian(True, True, True, True)),
     UpstreamBug(
         "qmp-listener-race",
         "a QMP monitor socket accepts clients in two threads at once",
         "A client connected before monitor_qmp_setup_handlers_bh() moved the monitor's "
-        "listener to the monitor I/O thread: the main thread and the I/O thread both accepted "
-        "a connection on the same SocketChardev and the second tcp_chr_new_client() found it "
-        "no longer disconnected.",
+        "listener to the monitor I/O thread: the I/O thread accepted a client and the main "
+        "thread, still polling the old listener source, accepted another on the same "
+        "SocketChardev; tcp_chr_change_state() found it no longer disconnected.",
         "monitor/qmp: cleanup SocketChardev listener sources early to avoid fd handling race",
         "11.0", commit="e714f1a3d4d1", debian=_debian(True, True, False, False)),
     UpstreamBug(
