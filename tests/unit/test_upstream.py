@@ -1,5 +1,7 @@
 """Upstream bug signatures: a bug is named only when every check holds (real cores of each bug
 are checked in tests/real/test_upstream_bugs.py)."""
+import pathlib
+
 from qemu_chardev.analysis import findings, upstream
 from qemu_chardev.model.diagnosis import CrashFacts, DiagnosisInput, ThreadFacts
 from qemu_chardev.model.objects import ChardevState, Frame
@@ -58,3 +60,15 @@ def test_double_free_needs_the_reported_error_flag():
     assert upstream.known_upstream_bugs(no) == []
     # Without a known bug, the crash in chardev code is still an error (chardev-crash).
     assert [f.id for f in findings.diagnose(no)] == ["chardev-crash"]
+
+
+def test_readme_lists_the_catalogue_as_the_model_has_it():
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for bug in CATALOGUE:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{bug.id}` |")),
+                   None)
+        assert row is not None, bug.id
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert bug.fix_title in cells[2] and cells[3].startswith(bug.fixed_in)
+        still = [v.split()[0] for v, has in bug.debian.items() if has]
+        assert cells[4] == (", ".join(still) if still else "none")
