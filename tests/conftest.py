@@ -41,34 +41,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gdb)
 
 
-def _require_build(version: str, variant: str) -> support.QemuBuild:
-    """The build, or a test failure (never a skip) carrying build-qemu's error tail."""
-    try:
-        return support.QemuBuild.get(version, variant)
-    except support.BuildError as exc:
-        error = exc
-    pytest.fail(f"QEMU {version} ({variant}) build failed:\n{error}", pytrace=False)
-
-
 @pytest.fixture(scope="session", params=support.versions_under_test(),
                 ids=lambda v: f"qemu{v}")
 def qemu(request) -> support.QemuBuild:
     """Each QEMU version under test, "fixed" variant (Debian's source as is)."""
-    return _require_build(request.param, "fixed")
+    return support.require_build(request.param, "fixed")
 
 
 @pytest.fixture(scope="session", params=support.versions_under_test(),
                 ids=lambda v: f"qemu{v}-reverted")
 def qemu_reverted(request) -> support.QemuBuild:
     """Each QEMU version under test with the two August 2019 fixes reverted."""
-    return _require_build(request.param, "reverted")
+    return support.require_build(request.param, "reverted")
 
 
 @pytest.fixture(scope="session", params=support.versions_under_test(),
                 ids=lambda v: f"qemu{v}-pair")
 def qemu_pair(request) -> tuple:
     """(fixed, reverted) builds of each QEMU version under test."""
-    return (_require_build(request.param, "fixed"), _require_build(request.param, "reverted"))
+    return (support.require_build(request.param, "fixed"), support.require_build(request.param, "reverted"))
 
 
 def _short_tempdir(prefix: str) -> Path:

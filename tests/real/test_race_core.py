@@ -5,7 +5,6 @@ daemon's wait status, the core's crashing thread), and plain gdb (no extension) 
 """
 
 import re
-import resource
 import signal
 import stat
 from pathlib import Path
@@ -19,16 +18,6 @@ from support.race_core import make_race_core, run_recipe
 NO_RACE = "no race possible: disconnect takes chr_write_lock"
 MON0 = "mon_list.tqh_first->chr.chr"          # the monitor's chardev, found without the frame
 MON0_SOCKET = f"((SocketChardev *){MON0})"
-
-
-def kernel_cores_possible() -> str:
-    """'' if the kernel can write a core file here, else why not."""
-    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    if pattern.startswith("|"):
-        return f"kernel.core_pattern is a pipe: {pattern}"
-    if resource.getrlimit(resource.RLIMIT_CORE)[1] != resource.RLIM_INFINITY:
-        return "hard RLIMIT_CORE is limited"
-    return ""
 
 
 def thread_stacks(text: str) -> dict:
@@ -75,8 +64,8 @@ def frame_arg(stack: str, function: str, arg: str) -> int:
 @pytest.mark.parametrize("core_by", ["kernel", "gcore"])
 def test_reverted_build_crashes_with_null_ioc_under_tcp_chr_write(qemu_reverted, workdir,
                                                                     core_by):
-    if core_by == "kernel" and kernel_cores_possible():
-        pytest.skip(kernel_cores_possible())
+    if core_by == "kernel" and support.kernel_cores_possible():
+        pytest.skip(support.kernel_cores_possible())
     race = make_race_core(qemu_reverted, workdir / "race.core", core_by=core_by)
     pid, io_lwp = race.summary["pid"], race.summary["io_lwp"]
     assert race.summary["core_by"] == core_by and race.path.stat().st_size > 0

@@ -10,7 +10,6 @@ not from the recipe's own report. Builds that carry the fix get the same trigger
 
 import os
 import re
-import resource
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,6 @@ CASES = [(name, version) for name in BUGS for version in VERSIONS
          if BUGS[name].variant(version)]
 SURVIVOR_CASES = [(name, version) for name in BUGS for version in VERSIONS
                   if BUGS[name].variant(version) not in (None, "fixed")]
-
-
-def kernel_cores_possible() -> str:
-    """'' if the kernel can write a core file here, else why not."""
-    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    if pattern.startswith("|"):
-        return f"kernel.core_pattern is a pipe: {pattern}"
-    if resource.getrlimit(resource.RLIMIT_CORE)[1] != resource.RLIM_INFINITY:
-        return "hard RLIMIT_CORE is limited"
-    return ""
-
-
-def build(version: str, variant: str) -> support.QemuBuild:
-    """The build, or a test failure (never a skip) with build-qemu's error tail."""
-    try:
-        return support.QemuBuild.get(version, variant)
-    except support.BuildError as exc:
-        error = exc
-    pytest.fail(f"QEMU {version} ({variant}) build failed:\n{error}", pytrace=False)
 
 
 def gdb_core(summary: dict, commands: list) -> list:
@@ -241,8 +221,8 @@ CHECKS = {
 @pytest.mark.parametrize("name,version", CASES, ids=[f"{n}-qemu{v}" for n, v in CASES])
 def test_real_core_shows_the_bug(name, version, workdir):
     bug = BUGS[name]
-    qemu = build(version, bug.variant(version))
-    core_by = "gcore" if kernel_cores_possible() else "kernel"
+    qemu = support.require_build(version, bug.variant(version))
+    core_by = "gcore" if support.kernel_cores_possible() else "kernel"
     summary = make_core(name, qemu, workdir / f"{name}.core", core_by=core_by)
     assert summary["verified"] and Path(summary["core"]).stat().st_size > 0
     crash_basics(summary, bug)
@@ -254,7 +234,7 @@ def test_issue_crash_is_the_shipped_7_2_websocket_handshake(workdir):
     qio_task_complete and char-socket.c after chardev-remove) is the websocket handshake bug."""
     if "7.2" not in VERSIONS:
         pytest.skip("QEMU 7.2 not under test")
-    summary = make_core("websock-handshake-uaf", build("7.2", "fixed"), workdir / "ws.core")
+    summary = make_core("websock-handshake-uaf", support.require_build("7.2", "fixed"), workdir / "ws.core")
     names = crash_basics(summary, BUGS["websock-handshake-uaf"])
     assert names.index("qemu_mutex_lock_impl") < names.index("qio_task_complete")
     assert summary["facts"]["chardev_ref"] == 0
@@ -264,7 +244,7 @@ def test_issue_crash_is_the_shipped_7_2_websocket_handshake(workdir):
 @pytest.mark.parametrize("name,version", SURVIVOR_CASES,
                          ids=[f"{n}-qemu{v}" for n, v in SURVIVOR_CASES])
 def test_debian_build_with_the_fix_survives_the_trigger(name, version):
-    summary = survives(name, build(version, "fixed"))
+    summary = survives(name, support.require_build(version, "fixed"))
     assert summary["outcome"] == "survived"
 
 
@@ -272,7 +252,7 @@ def test_debian_build_with_the_fix_survives_the_trigger(name, version):
 def test_connect_task_of_removed_reconnecting_client_is_safe_as_shipped(version):
     """chardev-remove while a connect QIOTask is pending does not crash a Debian build: the task
     holds a reference on its Chardev (5.1), so its callback runs on a live object."""
-    summary = survives("connect-task-ref", build(version, "fixed"))
+    summary = survives("connect-task-ref", support.require_build(version, "fixed"))
     assert summary["outcome"] == "survived"
 
 
@@ -280,7 +260,8 @@ def test_connect_task_of_removed_reconnecting_client_is_safe_as_shipped(version)
 def test_shipped_10_x_does_not_crash_where_7_2_does(version, workdir):
     """Without --expect-no-crash the recipes say "no crash" (exit 3) on Debian's 10.x."""
     for name in ("websock-handshake-uaf", "qmp-listener-race"):
-        done = run_recipe(name, build(version, "fixed").build_dir, workdir / f"{name}.core",
+        done = run_recipe(name, support.require_build(version, "fixed").build_dir,
+                          workdir / f"{name}.core",
                           timeout=30)
         assert done.returncode == NO_CRASH, done.stderr
         assert "no crash" in done.stderr
@@ -294,7 +275,8 @@ def test_gcore_of_a_crash_reads_the_same(workdir):
     variant = BUGS[name].variant(version)
     if variant is None:
         pytest.skip(f"{name} not reproducible on {version}")
-    summary = make_core(name, build(version, variant), workdir / "g.core", core_by="gcore")
+    summary = make_core(name, support.require_build(version, variant), workdir / "g.core",
+                        core_by="gcore")
     assert summary["outcome"] == "crashed-gcore"
     crash_basics(summary, BUGS[name])
     check_websock_handshake_uaf(summary)
@@ -304,7 +286,7 @@ def test_recipe_cleans_up_after_itself(workdir):
     """No daemon or gdb of ours is left behind, whatever the outcome."""
     before = set(os.listdir("/proc"))
     version = VERSIONS[0]
-    run_recipe("websock-handshake-uaf", build(version, "fixed").build_dir,
+    run_recipe("websock-handshake-uaf", support.require_build(version, "fixed").build_dir,
                workdir / "x.core", timeout=30)
     survivors = []
     for pid in set(os.listdir("/proc")) - before:

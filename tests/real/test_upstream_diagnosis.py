@@ -29,7 +29,7 @@ def _report(summary):
 
 @pytest.mark.parametrize("name,version", CASES, ids=[f"{n}-qemu{v}" for n, v in CASES])
 def test_each_upstream_bug_core_is_named_with_its_checks(name, version, workdir):
-    build = support.QemuBuild.get(version, BUGS[name].variant(version))
+    build = support.require_build(version, BUGS[name].variant(version))
     summary = make_core(name, build, workdir / f"{name}.core")
     rc, report = _report(summary)
     assert rc == 1, "an error finding makes exit 1"
@@ -56,7 +56,7 @@ def _dead_object(report, kind):
 def test_websocket_handshake_on_a_removed_chardev(version, workdir):
     """The issue's crash: SIGABRT in qemu_mutex_lock_impl after chardev-remove, once 'no
     findings, exit 0' and the crashed thread 'WAITING FOR mutex'."""
-    build = support.QemuBuild.get(version, BUGS["websock-handshake-uaf"].variant(version))
+    build = support.require_build(version, BUGS["websock-handshake-uaf"].variant(version))
     summary = make_core("websock-handshake-uaf", build, workdir / "ws.core")
     rc, report = _report(summary)
     facts = summary["facts"]          # plain gdb on the core: the handshake frame's values
@@ -82,7 +82,7 @@ def test_websocket_handshake_on_a_removed_chardev(version, workdir):
 @pytest.mark.parametrize("version", [v for v in VERSIONS if BUGS["iowatch-ioc-uaf"].variant(v)])
 def test_stale_io_watch_on_a_freed_channel(version, workdir):
     """Unfixed in every Debian QEMU: the freed QIOChannel is found freed by the allocator."""
-    summary = make_core("iowatch-ioc-uaf", support.QemuBuild.get(version, "fixed"),
+    summary = make_core("iowatch-ioc-uaf", support.require_build(version, "fixed"),
                         workdir / "iowatch.core")
     rc, report = _report(summary)
     channel = _dead_object(report, "channel")
@@ -91,3 +91,23 @@ def test_stale_io_watch_on_a_freed_channel(version, workdir):
     assert channel["verdict"] == "freed" and channel["chunk"] == "free"
     assert [f["id"] for f in report["findings"] if f["severity"] == "error"] == \
         ["channel-use-after-free", "known-upstream-bug"]
+
+
+# Errors a crash in chardev code may get when an optimized build hides some of its evidence.
+CHARDEV_CRASH_ERRORS = {"known-upstream-bug", "chardev-use-after-free", "chardev-crash",
+                        "mutex-use-after-destroy"}
+
+
+@pytest.mark.skipif("7.2" not in VERSIONS, reason="QEMU 7.2 is not under test")
+def test_distribution_build_of_7_2_is_not_silent(workdir):
+    """The issue's crash on a distribution-like build (QEMU's default -O2 -g, no debug-mutex):
+    inlined frames and optimized-out arguments, still an error finding and exit 1."""
+    summary = make_core("websock-handshake-uaf", support.require_build("7.2", "distro"),
+                        workdir / "ws-distro.core")
+    rc, report = _report(summary)
+    assert rc == 1
+    errors = {f["id"] for f in report["findings"] if f["severity"] == "error"}
+    assert errors and errors <= CHARDEV_CRASH_ERRORS, report["findings"]
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert crashed["waiting_on"] is None
+    assert report["crash"]["assertion"]["expression"] == "mutex->initialized"

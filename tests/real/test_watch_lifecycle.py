@@ -56,7 +56,7 @@ def _websocket_then_remove(build, workdir, attach):
 @pytest.mark.parametrize("version", [v for v in VERSIONS
                                      if BUGS["websock-handshake-uaf"].shipped_with_bug(v)])
 def test_callback_on_the_removed_chardev_is_caught_before_the_crash(version, workdir):
-    build = support.QemuBuild.get(version, "fixed")
+    build = support.require_build(version, "fixed")
     alive, run = _websocket_then_remove(
         build, workdir, lambda d: sw.CatcherRun(["--pid", d.pid], workdir=Path(workdir) / "c"))
     events = run.events()
@@ -73,7 +73,7 @@ def test_callback_on_the_removed_chardev_is_caught_before_the_crash(version, wor
 
 @pytest.mark.parametrize("version", [v for v in VERSIONS if v in ("10.0", "10.2")])
 def test_fixed_qemu_gives_no_lifecycle_report(version, workdir):
-    build = support.QemuBuild.get(version, "fixed")
+    build = support.require_build(version, "fixed")
     alive, run = _websocket_then_remove(
         build, workdir, lambda d: sw.CatcherRun(["--pid", d.pid], workdir=Path(workdir) / "c"))
     assert alive and run.events() == [], run.describe()

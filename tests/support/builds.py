@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from . import procs
 from .paths import BUILD_SCRIPT
 
@@ -109,3 +111,12 @@ class QemuBuild:
 
     def __str__(self) -> str:
         return f"qemu-{self.version}-{self.variant}"
+
+
+def require_build(version: str, variant: str = "fixed") -> QemuBuild:
+    """The build, or a test failure (never a skip) carrying build-qemu's error tail."""
+    try:
+        return QemuBuild.get(version, variant)
+    except BuildError as exc:
+        error = exc
+    pytest.fail(f"QEMU {version} ({variant}) build failed:\n{error}", pytrace=False)

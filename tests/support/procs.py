@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -119,3 +120,13 @@ def listening_tcp_ports(pid: int) -> list:
 def tail(text: str, lines: int = 30) -> str:
     """The last LINES lines of TEXT."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def kernel_cores_possible() -> str:
+    """'' if the kernel can write a core file here, else why not."""
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|"):
+        return f"kernel.core_pattern is a pipe: {pattern}"
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] != resource.RLIM_INFINITY:
+        return "hard RLIMIT_CORE is limited"
+    return ""

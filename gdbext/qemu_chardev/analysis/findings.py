@@ -100,7 +100,7 @@ def ioc_null_during_write(facts):
     """A thread crashed or stopped in tcp_chr_write / qio_channel_writev* / io_channel_send*
     of a socket chardev whose ``ioc`` is NULL (or with a NULL channel argument)."""
     out = []
-    crash = facts.crash if facts.crash is not None and facts.crash.is_crash else None
+    crash = facts.crashed()
     for thread in facts.threads:
         path = [f for f in thread.frames if in_write_path(f.function)]
         if not path:

@@ -33,28 +33,18 @@ LIFECYCLE_FIX = ("Whoever keeps this pointer must hold a reference for as long a
                  "drop connect_task's callback).")
 
 
-def _crashed(facts):
-    crash = facts.crash
-    return crash if crash is not None and crash.is_crash else None
-
-
 def _crash_frames(facts):
-    crash = _crashed(facts)
-    thread = facts.thread(crash.lwp) if crash is not None else None
+    thread = facts.crash_thread()
     return thread.frames if thread is not None else []
-
-
-def _held_by_crash(obj, lwp):
-    return [h for h in obj.holders if h.lwp == lwp]
 
 
 def assertion_concerns(facts):
     """The objects the asserting frame holds (``facts.assertion["frame"]`` of the crash)."""
-    crash, assertion = _crashed(facts), facts.assertion
+    crash, assertion = facts.crashed(), facts.assertion
     if crash is None or not assertion or assertion.get("frame") is None:
         return []
     return [o for o in facts.objects
-            if any(h.lwp == crash.lwp and h.level == assertion["frame"] for h in o.holders)]
+            if any(h.level == assertion["frame"] for h in o.held_by(crash.lwp))]
 
 
 def _assertion_text(facts):
@@ -96,17 +86,17 @@ def _callback_functions(facts):
 
 def use_after_free(facts):
     """An error for each finalized or freed object the crashing thread's frames hold."""
-    crash = _crashed(facts)
+    crash = facts.crashed()
     if crash is None:
         return []
-    dead = [o for o in facts.objects if o.dead and _held_by_crash(o, crash.lwp)]
+    dead = [o for o in facts.objects if o.dead and o.held_by(crash.lwp)]
     dead_chardevs = {o.address for o in dead if o.kind == CHARDEV}
     out = []
     who = facts.short_who(crash.lwp)
     for obj in dead:
         if obj.kind == MUTEX and obj.part_of in dead_chardevs:
             continue        # its chardev's finding says it
-        holders = _held_by_crash(obj, crash.lwp)
+        holders = obj.held_by(crash.lwp)
         summary = (f"{who} crashed with {crash.signal_name} using {obj.describe()}, which is "
                    f"{obj.verdict}")
         detail = (f"{who} crashed ({crash.signal_name}) in code that holds a pointer to "
@@ -127,7 +117,7 @@ def use_after_free(facts):
 def chardev_crash(facts, found):
     """The catch-all: a crash whose frames run through chardev, channel, task, GSource
     dispatch or lock code, and no other error finding explains it."""
-    crash = _crashed(facts)
+    crash = facts.crashed()
     if crash is None or any(f.severity == "error" for f in found):
         return []
     frames = _crash_frames(facts)
@@ -138,7 +128,7 @@ def chardev_crash(facts, found):
                 roles.setdefault(role, frame)
     if not roles:
         return []
-    touched = [o for o in facts.objects if _held_by_crash(o, crash.lwp)]
+    touched = [o for o in facts.objects if o.held_by(crash.lwp)]
     who = facts.short_who(crash.lwp)
     first = min(roles.values(), key=lambda f: f.level)
     summary = (f"{who} crashed with {crash.signal_name} in "

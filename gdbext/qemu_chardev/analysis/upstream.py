@@ -23,19 +23,13 @@ class Check:
         return {"check": self.what, "ok": self.ok, "saw": self.saw}
 
 
-def _crash(facts):
-    crash = facts.crash
-    return crash if crash is not None and crash.is_crash else None
-
-
 def _functions(facts):
-    crash = _crash(facts)
-    thread = facts.thread(crash.lwp) if crash is not None else None
+    thread = facts.crash_thread()
     return [f.function or "?" for f in thread.frames] if thread is not None else []
 
 
 def _signal(facts, signo):
-    crash = _crash(facts)
+    crash = facts.crashed()
     saw = crash.signal_name if crash is not None else "no crash"
     return Check(f"the process died of signal {signo}", crash is not None and crash.signal == signo,
                  saw)
@@ -60,11 +54,11 @@ def _assertion(facts, expression, function=None):
 
 def _held_dead(facts, kind):
     """The first dead object of ``kind`` that the crashing thread holds (or None)."""
-    crash = _crash(facts)
+    crash = facts.crashed()
     if crash is None:
         return None
     return next((o for o in facts.objects if o.kind == kind and o.dead and
-                 any(h.lwp == crash.lwp for h in o.holders)), None)
+                 o.held_by(crash.lwp)), None)
 
 
 def _dead(facts, kind, what):
@@ -76,8 +70,7 @@ def _dead(facts, kind, what):
 
 def _crash_chardev(facts):
     """The live chardev (from the report's list) a crashing frame points at, or None."""
-    crash = _crash(facts)
-    thread = facts.thread(crash.lwp) if crash is not None else None
+    thread = facts.crash_thread()
     for frame in thread.frames if thread is not None else []:
         for _name, pointee, value in frame.pointers or ():
             chardev = facts.chardev_at(value) if pointee in ("Chardev", "SocketChardev") \
@@ -143,7 +136,7 @@ def known_upstream_bugs(facts):
         checks = SIGNATURES[bug.id](facts)
         if not all(c.ok for c in checks):
             continue
-        crash = _crash(facts)
+        crash = facts.crashed()
         chardev = _crash_chardev(facts)
         detail = (f"{bug.symptom} Checked: " + "; ".join(f"{c.what} ({c.saw})" for c in checks)
                   + f". {bug.debian_text()}")

@@ -186,6 +186,15 @@ class DiagnosisInput:
     def chardev_at(self, address):
         return next((c for c in self.chardevs if c.address == address), None)
 
+    def crashed(self):
+        """The crash (CrashFacts of a crash signal), or None for a snapshot or stop."""
+        return self.crash if self.crash is not None and self.crash.is_crash else None
+
+    def crash_thread(self):
+        """ThreadFacts of the thread that crashed, or None."""
+        crash = self.crashed()
+        return self.thread(crash.lwp) if crash is not None else None
+
     def who(self, lwp):
         """'thread 1 (LWP 5) in tcp_chr_write (chardev/char-socket.c:112)'."""
         thread = self.thread(lwp)

@@ -80,6 +80,10 @@ class ObjectLiveness:
     def dead(self):
         return self.verdict in DEAD
 
+    def held_by(self, lwp):
+        """The holders that are frames of thread ``lwp``."""
+        return [h for h in self.holders if h.lwp == lwp]
+
     def describe(self):
         name = f"{self.kind} '{self.label}'" if self.label else self.kind
         what = f" ({self.type_name})" if self.type_name and not self.label else ""
