@@ -180,7 +180,10 @@ def _chardev_rows(report):
     rows = []
     for ch in report.get("chardevs") or []:
         socket = ch.get("type") == "chardev-socket" or ch.get("state") is not None
-        rows.append([ch.get("label") or "?", ch.get("type") or "?", ch.get("address"),
+        label = ch.get("label") or "?"
+        if ch.get("in_tree") is False:
+            label += " *"          # found only in a thread's frames
+        rows.append([label, ch.get("type") or ch.get("liveness") or "?", ch.get("address"),
                      ch.get("state") or "-",
                      (ch.get("ioc") or "NULL") if socket else "-",
                      (ch.get("sioc") or "NULL") if socket else "-",
@@ -256,6 +259,9 @@ def text(report, colour=False, show_problems=True):
     out.append(render.paint("Chardevs", "bold", colour))
     rows = _chardev_rows(report)
     out.append(_indent(render.table(CHARDEV_HEADERS, rows)) if rows else "  none found")
+    if any(ch.get("in_tree") is False for ch in report.get("chardevs") or []):
+        out.append("  * not in /chardevs: found in a thread's frames (TYPE says if it is "
+                   "finalized or freed)")
     out.append("")
     out.append(render.paint("Threads", "bold", colour))
     out.append(_indent(render.table(THREAD_HEADERS, _thread_rows(report))))
