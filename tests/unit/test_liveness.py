@@ -132,3 +132,12 @@ def test_a_crash_elsewhere_is_not_a_chardev_crash():
         Frame(level=1, function="blk_aio_write", file="block/block-backend.c", line=3)])],
         crash=CrashFacts(signal=11, lwp=MAIN, thread=1))
     assert findings.diagnose(facts) == []
+
+
+def test_every_finding_names_its_objects_with_their_liveness():
+    obj = judge.judge_qom(_obj(freed_chunk()), None, 0, ["its chr_write_lock was destroyed"])
+    obj.holders.append(Holder(what="frame #6", lwp=MAIN, thread=1, level=6))
+    found = findings.diagnose(_abort_facts(obj))
+    assert found and all(f.evidence["liveness"] for f in found)
+    assert found[0].evidence["liveness"][0] == {"address": f"0x{ADDR:x}", "kind": "chardev",
+                                                "label": None, "verdict": FREED}

@@ -374,4 +374,6 @@ def diagnose(facts, providers=None, problems=None):
     found.extend(facts.extra_findings)
     if providers is None:
         found.extend(lifecycle.chardev_crash(facts, found))   # only when nothing else explains
+    for finding in found:
+        lifecycle.name_objects(finding, facts)
     return sort_findings(found)

@@ -150,3 +150,16 @@ def chardev_crash(facts, found):
         lwp=crash.lwp, thread=crash.thread,
         evidence={"roles": sorted(roles), "objects": [o.to_json() for o in touched],
                   "assertion": facts.assertion})]
+
+
+def name_objects(finding, facts):
+    """Add ``evidence["liveness"]`` to a finding: each judged object of its chardev or held by
+    its thread's frames, with its verdict (every finding names its objects so)."""
+    wanted = {finding.chardev} if finding.chardev else set()
+    objects = [o for o in facts.objects
+               if (wanted & {o.label, f"0x{o.address:x}"}) or
+               (finding.lwp is not None and o.held_by(finding.lwp))]
+    finding.evidence.setdefault("liveness", [
+        {"address": f"0x{o.address:x}", "kind": o.kind, "label": o.label,
+         "verdict": o.verdict} for o in objects])
+    return finding

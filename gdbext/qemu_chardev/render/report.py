@@ -225,6 +225,11 @@ def _finding_lines(finding, colour):
              _wrap(finding.get("summary") or "", "    ")]
     if finding.get("detail"):
         lines.append(_wrap(finding["detail"], "    "))
+    liveness = (finding.get("evidence") or {}).get("liveness") or []
+    if liveness:
+        lines.append(_wrap("Objects: " + "; ".join(
+            f"{o['kind']}{' ' + repr(o['label']) if o.get('label') else ''} {o['address']} "
+            f"{o['verdict']}" for o in liveness), "    "))
     if finding.get("fix"):
         lines.append(_wrap("Fix: " + finding["fix"], "    "))
     return lines
