@@ -4,8 +4,8 @@
         \\           \\          \\          \\
          render  ->  analysis  ->  model;  files          (no gdb: unit-tested, used by scripts)
 
-Every import in every module is checked, function-local ones included, so a dependency cannot
-hide inside a function.  A gdb import in a gdb-free folder, a reader importing a command, or a
+Every import in every module is checked, function-local ones and the commands' deferred
+imports (``deferred("qemu_chardev...")``) included, so a dependency cannot hide.  A gdb import in a gdb-free folder, a reader importing a command, or a
 script outside gdb importing the gdb side fails here.
 """
 import ast
@@ -57,7 +57,10 @@ def _imports(tree):
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
-            if isinstance(child, ast.Import):
+            if isinstance(child, ast.Call) and getattr(child.func, "id", None) == "deferred" \
+                    and child.args and isinstance(child.args[0], ast.Constant):
+                out.append((child.args[0].value, child.lineno, in_function))   # lazy import
+            elif isinstance(child, ast.Import):
                 out.extend((alias.name, child.lineno, in_function) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
@@ -127,9 +130,11 @@ def test_the_checker_sees_what_it_must_refuse():
               "from qemu_chardev.commands import base\n"
               "from . import sibling\n"
               "def f():\n"
-              "    from qemu_chardev.readers import qom\n")
+              "    from qemu_chardev.readers import qom\n"
+              "live = deferred('qemu_chardev.live.watch')\n")
     found = _imports(ast.parse(source))
     assert ("gdb", 1, False) in found
     assert ("qemu_chardev.commands", 2, False) in found
     assert (".", 3, False) in found
     assert ("qemu_chardev.readers", 5, True) in found
+    assert ("qemu_chardev.live.watch", 6, False) in found

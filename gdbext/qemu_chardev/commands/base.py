@@ -6,13 +6,32 @@ reaches the user as one ``gdb.GdbError`` line; with ``QCG_DEBUG=1`` in the envir
 original exception propagates instead, for developers.
 """
 import argparse
+import importlib.util
 import os
+import sys
 
 import gdb
 
 from qemu_chardev.render import base as render
 from qemu_chardev.model.errors import QcgError, UsageError
 from qemu_chardev.target.snapshot import Snapshot, colour_wanted
+
+
+def deferred(name):
+    """The module ``name``, executed on its first attribute access, not now.
+
+    gdb sources the extension at every start, and a command's readers are needed only when it
+    runs: importing them all at load time cost more than gdb opening a small core.  Declared at
+    module level like an import (tests/unit/test_layers.py checks these too)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class _HelpRequested(Exception):

@@ -1,7 +1,8 @@
 """`qemu diagnose`: the one command that says what happened to a QEMU's chardevs."""
-from qemu_chardev.readers import report
-from qemu_chardev.render import report as report_render
-from qemu_chardev.commands.base import QcgCommand
+from qemu_chardev.commands.base import QcgCommand, deferred
+
+report = deferred("qemu_chardev.readers.report")
+report_render = deferred("qemu_chardev.render.report")
 
 
 class DiagnoseCommand(QcgCommand):

@@ -1,16 +1,17 @@
 """`qemu gsource EXPR`, `qemu gsource census` and `qemu gsource trace`."""
 import gdb
 
-from qemu_chardev.readers import census
+from qemu_chardev.commands.base import QcgCommand, deferred, envelope
 from qemu_chardev.model import glib as glib_facts
-from qemu_chardev.readers import glib
-from qemu_chardev.render import base as render
-from qemu_chardev.render import gsource as render_gsource
-from qemu_chardev.target.memory import address_of_expression
-from qemu_chardev.commands.base import QcgCommand, envelope
 from qemu_chardev.model.errors import QcgError, TargetReadError
-from qemu_chardev.readers.gsource import read_gsource
-from qemu_chardev.live.trace import DEFAULT_DEPTH, DEFAULT_MAX_EVENTS, Tracer
+from qemu_chardev.render import base as render
+from qemu_chardev.target.memory import address_of_expression
+
+census = deferred("qemu_chardev.readers.census")
+glib = deferred("qemu_chardev.readers.glib")
+gsource = deferred("qemu_chardev.readers.gsource")
+render_gsource = deferred("qemu_chardev.render.gsource")
+trace = deferred("qemu_chardev.live.trace")
 
 
 class GSourcePrefix(QcgCommand):
@@ -30,7 +31,7 @@ reference is still held: a leak if nobody points at it), freed (ref_count 0), in
     def run(self, args, snap):
         spec = args.spec
         address, _pointee = address_of_expression(spec)
-        src = read_gsource(snap, address)
+        src = gsource.read_gsource(snap, address)
         if src.state == glib_facts.UNREADABLE:
             raise TargetReadError(f"GSource {spec!r}", address)
         return render.gsource_block(src, args.colour), envelope(snap, gsource=src.to_json())
@@ -85,11 +86,11 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
     json_help = "print the history as JSON at the end"
 
     def build_parser(self, parser):
-        parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS,
+        parser.add_argument("--max-events", type=int, default=trace.DEFAULT_MAX_EVENTS,
                             metavar="N", help="stop after N changes")
         parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                             help="stop after SECONDS (interrupts the process)")
-        parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
+        parser.add_argument("--depth", type=int, default=trace.DEFAULT_DEPTH, metavar="N",
                             help="frames of backtrace per change")
 
     def run(self, args, snap):
@@ -103,16 +104,16 @@ are removed.  Read-only: nothing is called in the inferior and nothing is writte
         address, _type = address_of_expression(spec)
         if not address:
             raise QcgError(f"{spec!r} is NULL: no GSource to trace")
-        src = read_gsource(snap, address)
+        src = gsource.read_gsource(snap, address)
         if src.state == glib_facts.UNREADABLE:
             raise TargetReadError(f"GSource {spec!r}", address)
         if src.state in (glib_facts.FREED, glib_facts.INVALID):
             raise QcgError(f"GSource {spec!r} at 0x{address:x} looks freed (ref_count "
                            f"{src.ref_count}): nothing to trace")
         layout = glib.gsource_layout()
-        tracer = Tracer(address, layout.field("ref_count").offset,
-                        layout.field("flags").offset, depth=args.depth,
-                        max_events=args.max_events, log=not args.json)
+        tracer = trace.Tracer(address, layout.field("ref_count").offset,
+                              layout.field("flags").offset, depth=args.depth,
+                              max_events=args.max_events, log=not args.json)
         tracer.arm()
         if not args.json:
             gdb.write(f"Tracing GSource 0x{address:x} ({src.funcs_symbol or 'unknown funcs'}, "

@@ -1,12 +1,13 @@
 """`qemu watch-disconnect`: catch a socket chardev disconnected without its chr_write_lock."""
 import gdb
 
-from qemu_chardev.live import watch
-from qemu_chardev.render import watch as watch_render
-from qemu_chardev.render.base import to_json_text
-from qemu_chardev.analysis import watch as wa
-from qemu_chardev.commands.base import QcgCommand, envelope, require_target
+from qemu_chardev.commands.base import QcgCommand, deferred, envelope, require_target
 from qemu_chardev.model.errors import QcgError, UsageError
+from qemu_chardev.render.base import to_json_text
+
+watch = deferred("qemu_chardev.live.watch")
+watch_render = deferred("qemu_chardev.render.watch")
+wa = deferred("qemu_chardev.analysis.watch")
 
 
 class WatchDisconnect(QcgCommand):
