@@ -22,6 +22,7 @@ from .paths import REPO_ROOT
 RECIPE = REPO_ROOT / "fixtures" / "qemu" / "make-upstream-bug-core"
 RECIPE_TIMEOUT = 60.0   # the script's own --timeout; it kills what it started when it expires
 NO_CRASH = 3            # the script's exit status when the trigger did not crash the build
+ATTEMPTS = 2            # make_core: runs of a recipe that failed a step (exit 1)
 
 
 class UpstreamBugCoreError(RuntimeError):
@@ -124,10 +125,16 @@ def make_core(bug: str, build_dir, out_path, *, core_by: str = "auto",
     Raises UpstreamBugCoreError when no core was made (returncode NO_CRASH: no crash).
     """
     build_dir = getattr(build_dir, "build_dir", build_dir)
-    done = run_recipe(bug, build_dir, out_path, ["--json", "--core-by", core_by], timeout)
+    for attempt in range(ATTEMPTS):
+        done = run_recipe(bug, build_dir, out_path, ["--json", "--core-by", core_by], timeout)
+        # A recipe step that timed out (exit 1) is tried once more: the gdb-scheduled recipes
+        # wait for QEMU's threads with bounded timeouts that a loaded machine can overrun.
+        if done.returncode != 1:
+            break
     if done.returncode != 0:
         raise UpstreamBugCoreError(f"make-upstream-bug-core --bug {bug} on {build_dir} exited "
-                                   f"{done.returncode}: {done.stderr.strip()}", done.returncode)
+                                   f"{done.returncode} ({attempt + 1} attempts): "
+                                   f"{done.stderr.strip()}", done.returncode)
     summary = json.loads(done.stdout)
     summary["core"] = str(Path(summary["core"]))
     return summary
