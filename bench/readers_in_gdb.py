@@ -10,7 +10,6 @@ import time
 
 import gdb
 
-from qemu_chardev.readers import chardev
 from qemu_chardev.readers import qom
 from qemu_chardev.target.snapshot import Snapshot
 
@@ -35,7 +34,7 @@ def via_values(addresses):
 
 def via_views(addresses):
     snap = Snapshot()
-    layout = chardev.socket_layout()
+    layout = qom.socket_layout()
     out = []
     for address in addresses:
         view = snap.mem.view(layout, address)

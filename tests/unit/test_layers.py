@@ -5,8 +5,9 @@
          render  ->  analysis  ->  model;  files          (no gdb: unit-tested, used by scripts)
 
 Every import in every module is checked, function-local ones and the commands' deferred
-imports (``deferred("qemu_chardev...")``) included, so a dependency cannot hide.  A gdb import in a gdb-free folder, a reader importing a command, or a
-script outside gdb importing the gdb side fails here.
+imports (``deferred("qemu_chardev...")``) included, so a dependency cannot hide.  A gdb import
+in a gdb-free folder, a reader importing a command, or a script outside gdb importing the gdb
+side fails here.
 """
 import ast
 import pathlib

@@ -5,7 +5,8 @@ from qemu_chardev.analysis import locks
 from qemu_chardev.commands.base import QcgCommand, envelope
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers import qom
-from qemu_chardev.readers.chardev import chardev_layout, resolve_chardev
+from qemu_chardev.readers.chardev import resolve_chardev
+from qemu_chardev.readers.qom import chardev_layout
 from qemu_chardev.readers.mutex import lock_graph, read_mutex
 from qemu_chardev.render import base as render
 from qemu_chardev.target.memory import address_of_expression

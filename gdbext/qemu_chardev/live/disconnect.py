@@ -39,7 +39,8 @@ from qemu_chardev.analysis import watch as wa
 from qemu_chardev.live.engine import NoHardwareWatchpoint, frame_int, thread_lwp
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers import qom
-from qemu_chardev.readers.chardev import SOCKET_TYPE, socket_layout
+from qemu_chardev.readers.chardev import SOCKET_TYPE
+from qemu_chardev.readers.qom import socket_layout
 from qemu_chardev.readers.mutex import read_mutex
 from qemu_chardev.target import memory as target
 from qemu_chardev.target.snapshot import Snapshot, selected_thread_stack, walk_frames

@@ -22,7 +22,7 @@ from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
 from qemu_chardev.readers import glib, process_memory, qom
-from qemu_chardev.readers.chardev import chardev_layout, socket_layout
+from qemu_chardev.readers.qom import chardev_layout, socket_layout
 from qemu_chardev.readers.qiotask import tasks_in_threads
 from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import Layout

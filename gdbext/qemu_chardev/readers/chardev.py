@@ -2,6 +2,7 @@
 from qemu_chardev.model import qemu
 from qemu_chardev.model.liveness import CHARDEV, DEAD
 from qemu_chardev.readers import liveness, qom
+from qemu_chardev.readers.qom import chardev_layout, socket_layout
 from qemu_chardev.target import memory as target
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.readers.gsource import read_gsource
@@ -21,19 +22,6 @@ SOCKET_FIELDS_OF_INTEREST = (
 NA = "n/a"
 
 _enum_names = target.objfile_cache()
-
-
-def chardev_layout():
-    layout = Layout.of("Chardev", "struct Chardev")
-    if layout is None:
-        raise qom.NoQemuDebugInfo("no QEMU debug info: type Chardev unknown (is this a QEMU "
-                                  "binary built with -g, and does it match the core?)")
-    return layout
-
-
-def socket_layout():
-    # SocketChardev has no struct tag before QEMU 5.2: look it up by typedef first.
-    return Layout.of("SocketChardev", "struct SocketChardev")
 
 
 def enum_name(field, value):

@@ -46,7 +46,7 @@ class Liveness:
         objects = list(self._objects.values())
         chardevs = {o.address: o for o in objects if o.kind == CHARDEV}
         if chardevs:
-            offset = _chardev_layout().field("chr_write_lock").offset
+            offset = qom.chardev_layout().field("chr_write_lock").offset
             for obj in objects:
                 owner = chardevs.get(obj.address - offset) if obj.kind == MUTEX else None
                 if owner is not None and obj.part_of is None:
@@ -162,7 +162,7 @@ class Liveness:
         return names
 
     def _chardev(self, obj):
-        layout = _chardev_layout()
+        layout = qom.chardev_layout()
         signs = []
         lock = read_mutex(self.snap, obj.address + layout.field("chr_write_lock").offset,
                           with_owner=False)
@@ -207,13 +207,6 @@ class Liveness:
             except QcgError:
                 self._in_tree = {}
         return self._in_tree
-
-
-def _chardev_layout():
-    layout = Layout.of("Chardev", "struct Chardev")
-    if layout is None:
-        raise qom.NoQemuDebugInfo("no QEMU debug info: type Chardev unknown")
-    return layout
 
 
 _JUDGES = {CHARDEV: Liveness._chardev, CHANNEL: Liveness._channel, TASK: Liveness._task,

@@ -30,6 +30,20 @@ def layouts():
     return obj, klass, impl, prop
 
 
+def chardev_layout():
+    """Layout of Chardev (the readers of chardevs, their liveness and their locks share it)."""
+    layout = Layout.of("Chardev", "struct Chardev")
+    if layout is None:
+        raise NoQemuDebugInfo("no QEMU debug info: type Chardev unknown (is this a QEMU "
+                              "binary built with -g, and does it match the core?)")
+    return layout
+
+
+def socket_layout():
+    # SocketChardev has no struct tag before QEMU 5.2: look it up by typedef first.
+    return Layout.of("SocketChardev", "struct SocketChardev")
+
+
 def type_ancestry(snap, obj_address):
     """[type name, parent type name, ...] of a QOM object; raises TargetReadError."""
     obj, klass, impl, _prop = layouts()
