@@ -3,11 +3,10 @@
 #   (gdb) source /path/to/gdbext/qemu-chardev-gdb.py
 #   (gdb) help qemu
 #
-# It coexists with QEMU's own scripts/qemu-gdb.py (both add commands under `qemu`).
+# It coexists with QEMU's own scripts/qemu-gdb.py (both add commands under `qemu`), in
+# either load order, and loading it twice is harmless.
 import os
 import sys
-
-import gdb
 
 _here = os.path.dirname(os.path.abspath(os.path.expanduser(__file__)))
 if _here not in sys.path:
@@ -15,9 +14,4 @@ if _here not in sys.path:
 
 import qemu_chardev  # noqa: E402
 
-_missing = qemu_chardev.load()
-if _missing:
-    gdb.write("qemu-chardev-gdb: %s not importable by gdb's Python (%s); output will be plain. "
-              "Install with: apt-get install %s\n"
-              % (" and ".join(_missing), sys.executable or "embedded python",
-                 " ".join("python3-" + m for m in _missing)))
+qemu_chardev.start()

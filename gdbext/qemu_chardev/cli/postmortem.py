@@ -1,0 +1,506 @@
+"""chardev-postmortem: diagnose QEMU core files in batch (a CI post-mortem step).
+
+usage: chardev-postmortem [--format text|json|junit|markdown] [--output FILE]
+                          [--write FORMAT=FILE]... [--timeout SECONDS] [-j N] [--gdb PATH]
+                          [--no-census] [--quiet] BINARY CORE|DIR...
+
+For every core (a directory contributes the core files in it, compressed ones included) it
+runs `gdb -nx -batch` with the qemu-chardev-gdb extension and `qemu diagnose --json`, checks
+that a complete report came back (gdb's exit status proves nothing), and prints all reports
+as text, JSON, JUnit XML or Markdown (--write adds more formats from the same analysis,
+e.g. JUnit for the CI's test report and Markdown for its job summary).
+
+Cores compressed by systemd-coredump (.zst, .lz4, .xz) are decompressed to a temporary file
+that is always removed.  A core that cannot be analysed (missing, not a core, a core of
+another program or build, gdb failing or timing out) gets a one-line reason on stderr and in
+the output; the other cores are still analysed.
+
+Exit status: 0 no error finding; 1 at least one error finding; 2 unusable input or
+invocation (takes precedence over 1; the reports of the usable cores are still written).
+A directory without cores is not an error: the output says there was nothing to analyse.
+
+Runs with /usr/bin/python3 and the standard library only (tabulate and pygments are used
+for nicer text when installed).
+"""
+import argparse
+import concurrent.futures
+import lzma
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import json
+
+from qemu_chardev.cli import gdbload
+from qemu_chardev.files import elf as corefile
+from qemu_chardev.model import diagnosis
+from qemu_chardev.model.diagnosis import REPORT_SCHEMA
+from qemu_chardev.model.tool import VERSION as __version__
+from qemu_chardev.render import report as report_render
+
+BEGIN = "@@CHARDEV-POSTMORTEM-REPORT-BEGIN@@"
+END = "@@CHARDEV-POSTMORTEM-REPORT-END@@"
+DEFAULT_TIMEOUT = 300.0
+GDB_SETTINGS = ("set pagination off", "set style enabled off", "set confirm off",
+                "set width 0", "set height 0", "set debuginfod enabled off")
+COMPRESSED = {  # extension: (magic, command or None for Python's lzma)
+    ".zst": (b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-q", "-c", "--"]),
+    ".lz4": (b"\x04\x22\x4d\x18", ["lz4", "-d", "-q", "-c", "--"]),
+    ".xz": (b"\xfd7zXZ\x00", None),
+}
+EXIT_OK, EXIT_ERRORS, EXIT_UNUSABLE = 0, 1, 2
+FORMATS = ("text", "json", "junit", "markdown")
+
+
+class Unusable(Exception):
+    """This core cannot be analysed; the message is the one-line reason."""
+
+
+class Cleanup:
+    """Temporary directories and gdb processes to get rid of, whatever happens."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.dirs = set()
+        self.procs = set()
+        self.stopping = False
+
+    def tempdir(self):
+        path = tempfile.mkdtemp(prefix="chardev-postmortem-")
+        with self.lock:
+            self.dirs.add(path)
+        return path
+
+    def remove(self, path):
+        shutil.rmtree(path, ignore_errors=True)
+        with self.lock:
+            self.dirs.discard(path)
+
+    def started(self, proc):
+        with self.lock:
+            if self.stopping:
+                kill_group(proc)
+            self.procs.add(proc)
+
+    def finished(self, proc):
+        with self.lock:
+            self.procs.discard(proc)
+
+    def everything(self):
+        with self.lock:
+            self.stopping = True
+            procs, dirs = list(self.procs), list(self.dirs)
+        for proc in procs:
+            kill_group(proc)
+        for path in dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+CLEANUP = Cleanup()
+
+
+def kill_group(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+def _head(path, size=64):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
+
+
+def compression_of(path):
+    for ext, (magic, _cmd) in COMPRESSED.items():
+        if path.endswith(ext):
+            return ext
+    return None
+
+
+def looks_like_core(path):
+    """True for an ELF core file or a file compressed like systemd-coredump's cores."""
+    ext = compression_of(path)
+    if ext:
+        return _head(path).startswith(COMPRESSED[ext][0])
+    try:
+        return corefile.elf_type(path) == corefile.ET_CORE
+    except (OSError, corefile.ElfError):
+        return False
+
+
+def expand_inputs(paths):
+    """([input path], [(directory, number of skipped files)]) in command-line order."""
+    items, skipped = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found, other = [], 0
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if os.path.isfile(full) and looks_like_core(full):
+                    found.append(full)
+                elif os.path.isfile(full):
+                    other += 1
+            items += found
+            if other:
+                skipped.append((path, other))
+        else:
+            items.append(path)
+    return items, skipped
+
+
+def decompress(path, ext, workdir, timeout):
+    """Decompress ``path`` into ``workdir``; returns the new file's path."""
+    out = os.path.join(workdir, os.path.basename(path)[:-len(ext)] or "core")
+    command = COMPRESSED[ext][1]
+    if command is None:
+        try:
+            with lzma.open(path, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (lzma.LZMAError, EOFError) as exc:
+            raise Unusable(f"cannot decompress ({exc})") from None
+        return out
+    if shutil.which(command[0]) is None:
+        raise Unusable(f"cannot decompress {ext} cores: {command[0]} is not installed")
+    with open(out, "wb") as dst:
+        proc = subprocess.Popen(command + [path], stdout=dst, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        CLEANUP.started(proc)
+        try:
+            _out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise Unusable(f"decompression timed out after {timeout:g} s") from None
+        finally:
+            CLEANUP.finished(proc)
+    if proc.returncode != 0:
+        last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise Unusable(f"cannot decompress: {command[0]}: {last}")
+    return out
+
+
+# --- running gdb ----------------------------------------------------------------------------
+
+def gdb_argv(args, core):
+    argv = [args.gdb, "-nx", "-batch"]
+    for setting in GDB_SETTINGS:
+        argv += ["-iex", setting]
+    diagnose = "qemu diagnose --json" + (" --no-census" if args.no_census else "")
+    argv += ["-ex", gdbload.load_command(),
+             "-ex", f'python gdb.write("{BEGIN}\\n"); gdb.flush()',
+             "-ex", diagnose,
+             "-ex", f'python gdb.write("{END}\\n"); gdb.flush()',
+             args.binary, "--core", core]
+    return argv
+
+
+def _reason_from_stderr(stderr):
+    """The last line gdb printed that is not a warning: the error of the failed command."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    errors = [line for line in lines if line and not line.startswith("warning:")]
+    return errors[-1] if errors else None
+
+
+def run_gdb(args, core, timeout):
+    """The report dict gdb printed for ``core``; Unusable if none came back complete."""
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("DEBUGINFOD_URLS", None)
+    proc = subprocess.Popen(gdb_argv(args, core), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    CLEANUP.started(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise Unusable(f"gdb timed out after {args.timeout:g} s") from None
+    finally:
+        CLEANUP.finished(proc)
+    stdout = stdout.decode("utf-8", "replace")
+    stderr = stderr.decode("utf-8", "replace")
+    died = f"gdb crashed (signal {-proc.returncode})" if proc.returncode < 0 else None
+    start = stdout.find(BEGIN + "\n")
+    if start < 0:
+        why = died or _reason_from_stderr(stderr) or "no output"
+        raise Unusable(f"gdb did not run the diagnosis: {why}")
+    start += len(BEGIN) + 1
+    end = stdout.find(END + "\n", start)
+    if end < 0:
+        if "Fatal signal" in stderr:
+            died = died or "gdb crashed (fatal signal inside gdb)"
+        why = died or _reason_from_stderr(stderr) or "gdb stopped early"
+        raise Unusable(f"no complete report: {why}")
+    body = stdout[start:end].strip()
+    if not body:
+        why = _reason_from_stderr(stderr) or "qemu diagnose printed nothing"
+        raise Unusable(why)
+    try:
+        report = json.loads(body)
+    except ValueError as exc:
+        raise Unusable(f"garbled report from gdb ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        raise Unusable(f"unexpected report from gdb (schema {report.get('schema')!r}, "
+                       f"expected {REPORT_SCHEMA!r})" if isinstance(report, dict)
+                       else "unexpected report from gdb")
+    missing = [key for key in ("target", "complete", "crash", "threads", "chardevs",
+                               "findings", "summary") if key not in report]
+    if missing:
+        raise Unusable(f"incomplete report from gdb (no {', '.join(missing)})")
+    if report["target"].get("qemu_debug_info") is False:
+        raise Unusable(next((p for p in report.get("problems") or []
+                             if p.startswith("no QEMU debug info")),
+                            "no QEMU debug info in the binary"))
+    return report
+
+
+def stub_report(args, path, reason, program=None):
+    """The report of a core that could not be analysed: the reason, nothing else."""
+    target = diagnosis.new_target("core", os.path.abspath(args.binary), os.path.abspath(path),
+                                  qemu_version=args.qemu_version, core_program=program)
+    return diagnosis.new_report(target, problems=[reason], error=reason)
+
+
+def analyse(args, path):
+    """The report for one input path (never raises for a bad core)."""
+    started = time.monotonic()
+    workdir = None
+    program = None
+    decompressed = False
+    try:
+        if not os.path.exists(path):
+            raise Unusable("no such file")
+        if not os.path.isfile(path):
+            raise Unusable("not a regular file")
+        if not os.access(path, os.R_OK):
+            raise Unusable("not readable")
+        core = path
+        ext = compression_of(path)
+        if ext:
+            workdir = CLEANUP.tempdir()
+            core = decompress(path, ext, workdir, args.timeout)
+            decompressed = True
+        try:
+            info = corefile.read_core(core)
+        except corefile.ElfError as exc:
+            raise Unusable(str(exc).replace(core + ": ", "", 1)) from None
+        except OSError as exc:
+            raise Unusable(f"unreadable: {exc.strerror}") from None
+        program = info.program
+        ok, reason = corefile.core_matches_binary(info, args.binary, args.build_id)
+        if not ok:
+            raise Unusable(reason)
+        left = max(1.0, args.timeout - (time.monotonic() - started))
+        report = run_gdb(args, core, left)
+        if decompressed:
+            report["target"]["core"] = os.path.abspath(path)
+    except Unusable as exc:
+        report = stub_report(args, path, str(exc), program)
+    except OSError as exc:
+        report = stub_report(args, path, f"{exc.strerror or exc}", program)
+    finally:
+        if workdir is not None:
+            CLEANUP.remove(workdir)
+    report["postmortem"] = {"input": path, "decompressed": decompressed,
+                            "seconds": round(time.monotonic() - started, 3)}
+    return report
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def render(fmt, to_terminal, reports, skipped):
+    if fmt == "json":
+        return json.dumps(report_render.envelope(reports), indent=2) + "\n"
+    if fmt == "junit":
+        return report_render.junit(reports)
+    if fmt == "markdown":
+        return report_render.markdown(reports)
+    colour = to_terminal and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    if not reports:
+        where = ", ".join(d for d, _n in skipped) or "the given directories"
+        return f"No core files to analyse (none found in {where}).\n"
+    if len(reports) == 1:
+        return report_render.text(reports[0], colour) + "\n"
+    return report_render.text_many(reports, colour) + "\n"
+
+
+def write_output(path, text):
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".chardev-postmortem-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def exit_status(reports):
+    if any(r.get("error") for r in reports):
+        return EXIT_UNUSABLE
+    if any((r.get("summary") or {}).get("error") for r in reports):
+        return EXIT_ERRORS
+    return EXIT_OK
+
+
+def progress(index, total, report):
+    name = report_render.report_name(report)
+    post = report.get("postmortem") or {}
+    if report.get("error"):
+        state = f"not analysed: {report['error']}"
+    else:
+        state = f"{report_render.verdict(report)} ({report_render.counts_text(report)})"
+    print(f"[{index}/{total}] {name}: {state} ({post.get('seconds', 0):.1f} s)",
+          file=sys.stderr, flush=True)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE)
+
+
+def parse_args(argv):
+    parser = Parser(prog="chardev-postmortem",
+                    description="Diagnose QEMU core files (chardev locks, GSources) in batch.",
+                    epilog="Exit status: 0 no error finding, 1 error findings, 2 unusable "
+                           "input or invocation.")
+    parser.add_argument("binary", metavar="BINARY", help="the QEMU binary, with debug info")
+    parser.add_argument("cores", metavar="CORE|DIR", nargs="+",
+                        help="core files (.zst/.lz4/.xz too) or directories of them")
+    parser.add_argument("--format", choices=FORMATS,
+                        default="text", help="output format (default: text)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE")
+    parser.add_argument("--write", action="append", default=[], metavar="FORMAT=FILE",
+                        help="also write the reports in FORMAT to FILE (repeatable), e.g. "
+                             "--write junit=postmortem.xml --write markdown=summary.md")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"per core, decompression included (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                        help="analyse N cores in parallel (default 1)")
+    parser.add_argument("--gdb", default="gdb", metavar="PATH", help="the gdb to run")
+    parser.add_argument("--no-census", action="store_true",
+                        help="skip the GSource census (a scan of each core's writable memory)")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress lines on stderr (reasons for unusable cores stay)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("-j must be at least 1")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    extra = []
+    for spec in args.write:
+        fmt, sep, path = spec.partition("=")
+        if not sep or fmt not in FORMATS or not path:
+            parser.error(f"--write {spec!r}: expected FORMAT=FILE with FORMAT one of "
+                         + ", ".join(FORMATS))
+        extra.append((fmt, path))
+    args.write = extra
+    return args
+
+
+def check_invocation(args):
+    """One-line reason why nothing can be analysed at all, or None."""
+    if not os.path.isfile(args.binary):
+        return f"{args.binary}: no such file"
+    try:
+        kind = corefile.elf_type(args.binary)
+    except OSError as exc:
+        return f"{args.binary}: {exc.strerror}"
+    except corefile.ElfError as exc:
+        return str(exc)
+    if kind not in (corefile.ET_EXEC, corefile.ET_DYN):
+        return f"{args.binary}: not an ELF executable"
+    problem = gdbload.check_gdb(args.gdb)
+    if problem:
+        return problem
+    return None
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    problem = check_invocation(args)
+    if problem:
+        print(f"chardev-postmortem: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    args.binary = os.path.abspath(args.binary)
+    try:
+        args.build_id = corefile.binary_build_id(args.binary)
+    except (OSError, corefile.ElfError):
+        args.build_id = None
+    args.qemu_version = corefile.qemu_version(args.binary)
+    paths, skipped = expand_inputs(args.cores)
+    show_progress = len(paths) > 1 and not args.quiet
+    if show_progress:
+        for directory, count in skipped:
+            print(f"chardev-postmortem: {directory}: skipped {count} file(s) that are not "
+                  "core files", file=sys.stderr)
+    reports = [None] * len(paths)
+    done = 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(analyse, args, path): i for i, path in enumerate(paths)}
+            for future in concurrent.futures.as_completed(futures):
+                index = futures[future]
+                reports[index] = future.result()
+                done += 1
+                if show_progress:
+                    progress(done, len(paths), reports[index])
+    except KeyboardInterrupt:
+        CLEANUP.everything()
+        print("chardev-postmortem: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        CLEANUP.everything()
+    for report in reports:
+        if report.get("error"):
+            print(f"chardev-postmortem: {report_render.report_name(report)}: "
+                  f"{report['error']}", file=sys.stderr)
+    outputs = [(args.format, args.output)] + args.write
+    for fmt, path in outputs:
+        try:
+            write_output(path, render(fmt, path in (None, "-"), reports, skipped))
+        except OSError as exc:
+            print(f"chardev-postmortem: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_UNUSABLE
+    return exit_status(reports)
+
+
+def _terminate(signum, _frame):
+    CLEANUP.everything()
+    sys.exit(128 + signum)
+
+
+def run():
+    """The console script's entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
