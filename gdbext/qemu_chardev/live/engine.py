@@ -15,15 +15,25 @@ Both live features run on it: `qemu watch-disconnect` (live/watch.py, live/disco
   (``consume_pending_sigint``), so QEMU never receives it;
 * optionally makes the signals QEMU gets in normal operation pass without stopping while the
   loop runs (``QUIET_SIGNALS``; the user's settings are restored afterwards);
+* from its first breakpoint to ``delete_all()``, keeps a guardian process (``Guardian``) that
+  repairs the process if gdb dies without disarming (SIGKILL, a crash): the kernel keeps both
+  gdb's inserted int3 bytes and the threads' debug registers after the tracer is gone
+  (measured on Linux 6.18: DR7 0xd0101 on every thread after `kill -9` of gdb, and the next
+  write to the watched field killed QEMU with SIGTRAP), so without it the next connect,
+  disconnect or chardev-add kills QEMU;
 * queues work that ``stop()`` may not do (switching threads, creating or deleting
   breakpoints: gdb forbids both there): ``queue()`` from ``stop()``, run after the stop by
   the loop or, outside the loop, by whoever handles the stop (``run_queued()``).
 
-Nothing here writes target memory or calls inferior functions.
+Nothing here writes target memory or calls inferior functions; the guardian writes only to
+put back bytes gdb's breakpoints replaced and to clear debug registers, and only after gdb died.
 """
 import os
 import select
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -130,6 +140,157 @@ class Interrupter(threading.Thread):
             self.join(2.0)
 
 
+# The guardian's program, run by /usr/bin/python3 in its own session (a kill of gdb's process
+# group spares it).  It waits for EOF on stdin: "disarmed" last means gdb removed everything
+# itself; anything else means gdb died armed.  Then, once the kernel has released the process
+# (TracerPid no longer gdb), it attaches to every thread (PTRACE_SEIZE + PTRACE_INTERRUPT: no
+# signal sent), puts back from the files every byte of an executable file mapping that reads
+# 0xCC in memory and not in its file (gdb's int3; QEMU has no JIT code in file mappings),
+# zeroes DR0-3 and DR7 of every thread, rewinds a thread that stopped on one of those int3
+# meanwhile (its SIGTRAP is not delivered), and detaches, passing on any other signal.
+GUARDIAN_SOURCE = r'''
+import ctypes, os, sys, time
+pid, gdb_pid = int(sys.argv[1]), int(sys.argv[2])
+lines = sys.stdin.read().split()
+if lines and lines[-1] == "disarmed":
+    sys.exit(0)
+def say(text):
+    try:
+        sys.stderr.write("qemu-chardev-gdb guardian: " + text + "\n"); sys.stderr.flush()
+    except Exception:
+        pass
+def tracer():
+    try:
+        for line in open("/proc/%d/status" % pid):
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+deadline = time.monotonic() + 10
+while tracer() == gdb_pid and time.monotonic() < deadline:
+    time.sleep(0.005)
+if tracer() != 0:
+    sys.exit(0)             # gone, or another debugger owns it now
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+def ptrace(req, tid, addr=0, data=0):
+    ctypes.set_errno(0)
+    value = libc.ptrace(req, tid, ctypes.c_void_p(addr), ctypes.c_void_p(data))
+    if value == -1 and ctypes.get_errno():
+        raise OSError(ctypes.get_errno(), "ptrace %#x %d" % (req, tid))
+    return value
+SEIZE, INTERRUPT, DETACH, PEEKUSER, POKEUSER = 0x4206, 0x4207, 17, 3, 6
+DEBUGREG, RIP = 848, 16 * 8
+stops = {}
+while True:
+    try:
+        tids = {int(t) for t in os.listdir("/proc/%d/task" % pid)} - set(stops)
+    except OSError:
+        sys.exit(0)
+    if not tids:
+        break
+    for tid in tids:
+        try:
+            ptrace(SEIZE, tid)
+            ptrace(INTERRUPT, tid)
+            stops[tid] = os.waitpid(tid, 0x40000000)[1]
+        except OSError:
+            stops[tid] = None
+fixed = []
+mem = os.open("/proc/%d/mem" % pid, os.O_RDWR)
+for line in open("/proc/%d/maps" % pid):
+    parts = line.split(None, 5)
+    if len(parts) < 6 or parts[1][2] != "x" or parts[1][0] != "r" or not parts[5].startswith("/"):
+        continue
+    start, end = (int(x, 16) for x in parts[0].split("-"))
+    path = parts[5].strip()
+    try:
+        memory = os.pread(mem, end - start, start)
+        with open(path, "rb") as f:
+            f.seek(int(parts[2], 16)); data = f.read(end - start)
+    except OSError:
+        continue
+    at = memory.find(b"\xcc")
+    while at != -1:
+        if at < len(data) and data[at] != 0xCC:
+            os.pwrite(mem, data[at:at + 1], start + at)
+            fixed.append(start + at)
+        at = memory.find(b"\xcc", at + 1)
+os.close(mem)
+cleared = 0
+for tid, status in stops.items():
+    if status is None:
+        continue
+    signal = 0
+    try:
+        if (status >> 16) == 0 and os.WIFSTOPPED(status):
+            signal = os.WSTOPSIG(status)
+            rip = ptrace(PEEKUSER, tid, RIP) & (2 ** 64 - 1)
+            if signal == 5 and rip - 1 in fixed:
+                ptrace(POKEUSER, tid, RIP, rip - 1)
+                signal = 0
+        if ptrace(PEEKUSER, tid, DEBUGREG + 7 * 8) & 0xFF:
+            cleared += 1
+        ptrace(POKEUSER, tid, DEBUGREG + 7 * 8, 0)
+        for n in range(4):
+            ptrace(POKEUSER, tid, DEBUGREG + 8 * n, 0)
+    except OSError:
+        pass
+    try:
+        ptrace(DETACH, tid, 0, signal)
+    except OSError:
+        pass
+say("gdb (pid %d) died with process %d armed: %d breakpoint byte(s) put back, debug "
+    "registers cleared in %d thread(s)" % (gdb_pid, pid, len(fixed), cleared))
+'''
+
+
+def guardian_python():
+    """The Python that runs the guardian: Debian's, else the one on PATH."""
+    return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else \
+        shutil.which("python3") or sys.executable
+
+
+class Guardian:
+    """A process that repairs the target if gdb dies while our points are armed.
+
+    ``start()`` with our first breakpoint; ``release()`` (from ``delete_all()``) tells it gdb
+    removed everything, and it exits.  If gdb dies first, the guardian sees its stdin close
+    without that word and repairs the process (see GUARDIAN_SOURCE).  Never raises: without a
+    guardian the watch still works, only unprotected against gdb's death (``problem`` says
+    why)."""
+
+    def __init__(self):
+        self.proc = None
+        self.problem = None
+
+    def start(self, pid):
+        if self.proc is not None:
+            return
+        try:
+            self.proc = subprocess.Popen(
+                [guardian_python(), "-c", GUARDIAN_SOURCE, str(pid), str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                close_fds=True)
+            self.proc.stdin.write(b"armed\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self.problem = f"no guardian against gdb's death ({exc})"
+            self.proc = None
+
+    def release(self):
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.write(b"disarmed\n")
+            proc.stdin.close()
+            proc.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+
+
 class Engine:
     """Our breakpoints, the `continue` loop and the work queued by ``stop()``."""
 
@@ -142,12 +303,14 @@ class Engine:
         self.stop_seconds = 0.0
         self.running = False
         self.interrupter = None
+        self.guardian = Guardian()
 
     # --- breakpoints ---------------------------------------------------------------------
 
     def watchpoint(self, address, size, callback, *args):
         """A hardware write watchpoint on [address, address+size); NoHardwareWatchpoint (and
         nothing left behind) if gdb would only give a software one."""
+        self.guardian.start(gdb.selected_inferior().pid)
         point = StopPoint(self, callback, args,
                           spec=f"*({WATCH_CTYPES[size]} *) 0x{address:x}")
         self.points.add(point)
@@ -157,6 +320,7 @@ class Engine:
         return point
 
     def breakpoint(self, function, callback, *args):
+        self.guardian.start(gdb.selected_inferior().pid)
         point = StopPoint(self, callback, args, function=function)
         self.points.add(point)
         return point
@@ -174,6 +338,7 @@ class Engine:
         for point in list(self.points):
             self.delete(point)
         self.queued = []
+        self.guardian.release()
 
     def is_ours(self, event):
         return all(bp in self.points for bp in event.breakpoints)
