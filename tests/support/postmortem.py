@@ -132,3 +132,116 @@ def raw(binary, core, *commands, timeout: float = 120.0) -> list:
     """Outputs of plain gdb (no extension) commands on CORE: the ground truth."""
     return run_gdb(binary, core=core, commands=list(commands), extension=False,
                    timeout=timeout).check().outputs
+
+
+# --- cores of several binaries, as a CI job or systemd-coredump leaves them -----------------
+
+def run_postmortem_inputs(*argv, options: Sequence[str] = (NO_CENSUS,), timeout: float = 900.0,
+                          env: Optional[dict] = None,
+                          python: str = "/usr/bin/python3") -> subprocess.CompletedProcess:
+    """Run scripts/chardev-postmortem on ARGV as given (no BINARY added)."""
+    command = [python, str(POSTMORTEM), *options, *[str(a) for a in argv]]
+    merged = dict(os.environ, NO_COLOR="1")
+    merged.update(env or {})
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=merged)
+
+
+def install_copy(binary, directory) -> Path:
+    """BINARY hard-linked (or copied) into DIRECTORY under its own name: a binary that runs,
+    and dumps cores, from a path the test may move away."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / Path(binary).name
+    try:
+        os.link(binary, target)
+    except OSError:
+        shutil.copy2(binary, target)
+    return target
+
+
+def daemon_core(binary, name: str) -> Path:
+    """A gcore of qemu-storage-daemon BINARY with mon0, cli0, tcp0, ring0 and null0 (as
+    ``idle_core``, for any path of the binary)."""
+    workdir = _fresh(name)
+    with all_chardevs_scenario(binary, workdir) as sc:
+        time.sleep(1.5)
+        return gcore(sc.daemon.pid, workdir / "daemon.core", binary=binary)
+
+
+def test_char_core(binary, name: str) -> Path:
+    """A gcore of test-char BINARY (a QEMU unit test) stopped at its first qemu_chr_write."""
+    path = _fresh(name) / "test-char.core"
+    result = run_gdb(binary, commands=["break qemu_chr_write", "run", f"gcore {path}", "kill"],
+                     extension=False, timeout=300)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RuntimeError(f"no test-char core at {path}:\n{result.describe()}")
+    return path
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+
+
+def systemd_coredump_copy(core, directory, timestamp: Optional[int] = None) -> Path:
+    """CORE zstd-compressed into DIRECTORY under systemd-coredump's name
+    core.COMM.UID.BOOTID.PID.TIMESTAMP.zst (COMM and PID from the core's notes; gdb's gcore
+    writes 16 characters of the program name, the kernel's comm has 15)."""
+    from qemu_chardev.files import elf
+    info = elf.read_core(str(core))
+    stamp = timestamp or int(time.time() * 1e6)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    comm = (info.program or "unknown")[:15]      # the kernel's comm: 15 characters at most
+    out = directory / f"core.{comm}.{os.getuid()}.{boot_id()}.{info.pid}.{stamp}.zst"
+    with open(out, "wb") as dst:
+        subprocess.run(["zstd", "-q", "-1", "-c", str(core)], stdout=dst, check=True,
+                       timeout=300)
+    return out
+
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+
+
+def coredump_journal(stored: Sequence[Path], path) -> Path:
+    """A journal file at PATH with one systemd-coredump entry per STORED core (named as
+    ``systemd_coredump_copy`` names them), its fields as systemd-coredump logs them (COREDUMP_PID,
+    _COMM, _EXE from the core's notes, _FILENAME the stored file), written by the real
+    systemd-journal-remote from journal export format.  What systemd-coredump itself does
+    (the kernel's pipe, /proc) is not run: systemd is not PID 1 here."""
+    from qemu_chardev.files import elf
+    entries = []
+    for index, zst in enumerate(stored):
+        _core, comm, uid, boot, pid, stamp = Path(zst).name[:-len(".zst")].split(".")
+        plain = core_dir() / f"journal-{index}.core"
+        with open(plain, "wb") as dst:
+            subprocess.run(["zstd", "-q", "-d", "-c", str(zst)], stdout=dst, check=True,
+                           timeout=300)
+        info = elf.read_core(str(plain))
+        plain.unlink()
+        fields = {"__REALTIME_TIMESTAMP": str(int(time.time() * 1e6) + index),
+                  "__MONOTONIC_TIMESTAMP": str(index + 1), "_BOOT_ID": boot,
+                  "MESSAGE_ID": COREDUMP_MESSAGE_ID,
+                  "MESSAGE": f"Process {pid} ({comm}) of user {uid} dumped core.",
+                  "PRIORITY": "2", "COREDUMP_PID": pid, "COREDUMP_UID": uid,
+                  "COREDUMP_GID": str(os.getgid()), "COREDUMP_SIGNAL": str(info.signal or 0),
+                  "COREDUMP_TIMESTAMP": stamp, "COREDUMP_COMM": comm,
+                  "COREDUMP_EXE": info.executable, "COREDUMP_FILENAME": str(zst)}
+        entries.append("".join(f"{k}={v}\n" for k, v in fields.items()))
+    export = Path(str(path) + ".export")
+    export.write_text("\n".join(entries) + "\n")
+    subprocess.run([JOURNAL_REMOTE, f"--output={path}", str(export)], check=True,
+                   capture_output=True, timeout=60)
+    return Path(path)
+
+
+def coredumpctl_on_journal(journal, directory) -> Path:
+    """DIRECTORY/coredumpctl: runs the real /usr/bin/coredumpctl on JOURNAL (--file) with the
+    arguments it is given; put DIRECTORY first on PATH."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "coredumpctl"
+    shim.write_text(f'#!/bin/sh\nexec /usr/bin/coredumpctl --file="{journal}" "$@"\n')
+    shim.chmod(0o755)
+    return shim

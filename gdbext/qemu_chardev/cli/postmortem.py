@@ -2,7 +2,8 @@
 
 usage: chardev-postmortem [--format text|json|junit|markdown] [--output FILE]
                           [--write FORMAT=FILE]... [--timeout SECONDS] [-j N] [--gdb PATH]
-                          [--no-census] [--quiet] BINARY CORE|DIR...
+                          [--no-census] [--quiet] [--binary-dir DIR]...
+                          [--coredumpctl MATCH]... [BINARY] CORE|DIR...
 
 For every core (a directory contributes the core files in it, compressed ones included) it
 runs `gdb -nx -batch` with the qemu-chardev-gdb extension and `qemu diagnose --json`, checks
@@ -14,6 +15,14 @@ Cores compressed by systemd-coredump (.zst, .lz4, .xz) are decompressed to a tem
 that is always removed.  A core that cannot be analysed (missing, not a core, a core of
 another program or build, gdb failing or timing out) gets a one-line reason on stderr and in
 the output; the other cores are still analysed.
+
+Without BINARY each core's own executable is used (cli/binaries.py): the one recorded in the
+core if its build-id matches, else one found by build-id under a --binary-dir, else, with
+--debuginfod, what gdb's debuginfod fetches; each report says which and why.  The first
+positional argument is BINARY when more inputs follow and it is neither a directory nor a
+core file (ELF core, or a compressed core with its magic), so `BINARY CORE...` means what it
+always did.  --coredumpctl MATCH analyses the core systemd-coredump stored for MATCH (a PID,
+an executable name or path, a journal match), as `coredumpctl dump` writes it.
 
 Exit status: 0 no error finding; 1 at least one error finding; 2 unusable input or
 invocation (takes precedence over 1; the reports of the usable cores are still written).
@@ -35,7 +44,7 @@ import threading
 import time
 import json
 
-from qemu_chardev.cli import gdbload
+from qemu_chardev.cli import binaries, gdbload
 from qemu_chardev.files import elf as corefile
 from qemu_chardev.model import diagnosis
 from qemu_chardev.model.diagnosis import REPORT_SCHEMA
@@ -204,7 +213,7 @@ def gdb_argv(args, core):
              "-ex", f'python gdb.write("{BEGIN}\\n"); gdb.flush()',
              "-ex", diagnose,
              "-ex", f'python gdb.write("{END}\\n"); gdb.flush()',
-             args.binary, "--core", core]
+             *([args.binary] if args.binary else []), "--core", core]
     return argv
 
 
@@ -269,30 +278,80 @@ def run_gdb(args, core, timeout):
 
 def stub_report(args, path, reason, program=None):
     """The report of a core that could not be analysed: the reason, nothing else."""
-    target = diagnosis.new_target("core", os.path.abspath(args.binary), os.path.abspath(path),
+    binary = os.path.abspath(args.binary) if args.binary else None
+    target = diagnosis.new_target("core", binary, os.path.abspath(path),
                                   qemu_version=args.qemu_version, core_program=program)
     return diagnosis.new_report(target, problems=[reason], error=reason)
 
 
-def analyse(args, path):
-    """The report for one input path (never raises for a bad core)."""
+class Stored:
+    """A core kept by systemd-coredump, named by a coredumpctl match (--coredumpctl)."""
+
+    def __init__(self, match):
+        self.match = match
+
+    def __str__(self):
+        return binaries.coredumpctl_label(self.match)
+
+
+def dump_stored(match, workdir, timeout):
+    """`coredumpctl dump` the core stored for ``match`` into ``workdir``; its path."""
+    out = os.path.join(workdir, "core")
+    proc = subprocess.Popen(binaries.coredumpctl_dump_argv(match, out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    CLEANUP.started(proc)
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise Unusable(f"coredumpctl dump timed out after {timeout:g} s") from None
+    finally:
+        CLEANUP.finished(proc)
+    if proc.returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) == 0:
+        raise Unusable(binaries.coredumpctl_reason(proc.returncode,
+                                                   err.decode(errors="replace")))
+    return out
+
+
+def for_binary(args, path):
+    """``args`` for one core whose binary is ``path`` (None: gdb is to fetch it)."""
+    core_args = argparse.Namespace(**vars(args))
+    core_args.binary = path
+    core_args.build_id = binaries.inspect(path).build_id if path else None
+    core_args.qemu_version = binaries.qemu_version(path) if path else None
+    return core_args
+
+
+def analyse(args, item):
+    """The report for one input: a path, or a Stored core (never raises for a bad core).
+
+    Its binary is ``args.binary`` when one was given, else the core's own (binaries.discover);
+    ``report["postmortem"]["binary"]`` says which and why."""
     started = time.monotonic()
     workdir = None
     program = None
     decompressed = False
+    label = str(item)
+    choice = binaries.given(args.binary) if args.binary else None
+    core_args = args
     try:
-        if not os.path.exists(path):
-            raise Unusable("no such file")
-        if not os.path.isfile(path):
-            raise Unusable("not a regular file")
-        if not os.access(path, os.R_OK):
-            raise Unusable("not readable")
-        core = path
-        ext = compression_of(path)
-        if ext:
-            workdir = CLEANUP.tempdir()
-            core = decompress(path, ext, workdir, args.timeout)
-            decompressed = True
+        workdir = CLEANUP.tempdir() if isinstance(item, Stored) or compression_of(label) \
+            else None
+        if isinstance(item, Stored):
+            core = dump_stored(item.match, workdir, args.timeout)
+        else:
+            if not os.path.exists(label):
+                raise Unusable("no such file")
+            if not os.path.isfile(label):
+                raise Unusable("not a regular file")
+            if not os.access(label, os.R_OK):
+                raise Unusable("not readable")
+            core = label
+            ext = compression_of(label)
+            if ext:
+                core = decompress(label, ext, workdir, args.timeout)
+                decompressed = True
         try:
             info = corefile.read_core(core)
         except corefile.ElfError as exc:
@@ -300,22 +359,46 @@ def analyse(args, path):
         except OSError as exc:
             raise Unusable(f"unreadable: {exc.strerror}") from None
         program = info.program
-        ok, reason = corefile.core_matches_binary(info, args.binary, args.build_id)
-        if not ok:
-            raise Unusable(reason)
+        if choice is None:
+            choice = binaries.discover(info, args.binary_index,
+                                       bool(getattr(args, "debuginfod", False)))
+            if not choice.found:
+                raise Unusable(choice.problem)
+            core_args = for_binary(args, choice.path)
+            if choice.path and not binaries.is_qemu_program(choice.path):
+                raise Unusable(binaries.not_qemu(program, choice))
+        if core_args.binary is not None:
+            ok, reason = corefile.core_matches_binary(info, core_args.binary,
+                                                      core_args.build_id)
+            if not ok:
+                raise Unusable(reason if choice.how == binaries.GIVEN
+                               else f"{choice.line()}: {reason}")
         left = max(1.0, args.timeout - (time.monotonic() - started))
-        report = run_gdb(args, core, left)
-        if decompressed:
-            report["target"]["core"] = os.path.abspath(path)
+        try:
+            report = run_gdb(core_args, core, left)
+        except Unusable as exc:
+            if choice.how == binaries.GIVEN:
+                raise
+            raise Unusable(f"{choice.line()}: {exc}") from None
+        if isinstance(item, Stored):
+            report["target"]["core"] = label
+        elif decompressed:
+            report["target"]["core"] = os.path.abspath(label)
     except Unusable as exc:
-        report = stub_report(args, path, str(exc), program)
+        report = stub_report(core_args, label, str(exc), program)
     except OSError as exc:
-        report = stub_report(args, path, f"{exc.strerror or exc}", program)
+        report = stub_report(core_args, label, f"{exc.strerror or exc}", program)
     finally:
         if workdir is not None:
             CLEANUP.remove(workdir)
-    report["postmortem"] = {"input": path, "decompressed": decompressed,
+    if isinstance(item, Stored) and report.get("error"):
+        report["target"]["core"] = label
+    report["postmortem"] = {"input": label, "decompressed": decompressed,
                             "seconds": round(time.monotonic() - started, 3)}
+    if isinstance(item, Stored):
+        report["postmortem"]["coredumpctl"] = item.match
+    if choice is not None:
+        report["postmortem"]["binary"] = choice.as_json()
     return report
 
 
@@ -371,7 +454,10 @@ def progress(index, total, report):
         state = f"not analysed: {report['error']}"
     else:
         state = f"{report_render.verdict(report)} ({report_render.counts_text(report)})"
-    print(f"[{index}/{total}] {name}: {state} ({post.get('seconds', 0):.1f} s)",
+    binary = post.get("binary") or {}
+    found = f"; binary: {binary['path'] or '(none)'} ({binary['why']})" \
+        if binary.get("how") and not report.get("error") else ""
+    print(f"[{index}/{total}] {name}: {state} ({post.get('seconds', 0):.1f} s){found}",
           file=sys.stderr, flush=True)
 
 
@@ -389,9 +475,21 @@ def parse_args(argv):
                     description="Diagnose QEMU core files (chardev locks, GSources) in batch.",
                     epilog="Exit status: 0 no error finding, 1 error findings, 2 unusable "
                            "input or invocation.")
-    parser.add_argument("binary", metavar="BINARY", help="the QEMU binary, with debug info")
-    parser.add_argument("cores", metavar="CORE|DIR", nargs="+",
-                        help="core files (.zst/.lz4/.xz too) or directories of them")
+    parser.add_argument("inputs", metavar="[BINARY] CORE|DIR", nargs="*",
+                        help="core files (.zst/.lz4/.xz too) or directories of them, after "
+                             "an optional BINARY for all of them (the QEMU binary, with debug "
+                             "info): the first argument is BINARY when more inputs follow and "
+                             "it is neither a directory nor a core file; without BINARY each "
+                             "core's own executable is used (recorded in the core, or "
+                             "--binary-dir)")
+    parser.add_argument("--binary-dir", action="append", default=[], metavar="DIR",
+                        help="without BINARY: where to look, recursively and by build-id, for "
+                             "a core's executable when the one recorded in the core is missing "
+                             "or another build (repeatable)")
+    parser.add_argument("--coredumpctl", action="append", default=[], metavar="MATCH",
+                        help="also analyse the core systemd-coredump stored for MATCH: a PID, "
+                             "an executable name or path, or a coredumpctl match such as "
+                             "COREDUMP_UID=1000 (the most recent matching core; repeatable)")
     parser.add_argument("--format", choices=FORMATS,
                         default="text", help="output format (default: text)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE")
@@ -421,24 +519,55 @@ def parse_args(argv):
                          + ", ".join(FORMATS))
         extra.append((fmt, path))
     args.write = extra
+    args.binary, args.cores = split_binary(args.inputs, more=bool(args.coredumpctl))
+    if not args.cores and not args.coredumpctl:
+        parser.error("no core given: CORE|DIR or --coredumpctl MATCH")
+    if args.binary and args.binary_dir:
+        parser.error("--binary-dir is for finding each core's binary: give it or BINARY, "
+                     "not both")
     return args
+
+
+def split_binary(inputs, more=False):
+    """(BINARY or None, the inputs that are cores or directories).  The first input is BINARY
+    when other inputs follow (``more``: --coredumpctl ones) and it is neither a directory nor
+    a core file: `BINARY CORE...` keeps its meaning, errors included (a BINARY that does not
+    exist or is not an executable is an invocation error, not an unusable core)."""
+    if not inputs or (len(inputs) == 1 and not more):
+        return None, list(inputs)
+    first = inputs[0]
+    if os.path.isdir(first) or looks_like_core(first):
+        return None, list(inputs)
+    return first, list(inputs[1:])
 
 
 def check_invocation(args):
     """One-line reason why nothing can be analysed at all, or None."""
-    if not os.path.isfile(args.binary):
-        return f"{args.binary}: no such file"
-    try:
-        kind = corefile.elf_type(args.binary)
-    except OSError as exc:
-        return f"{args.binary}: {exc.strerror}"
-    except corefile.ElfError as exc:
-        return str(exc)
-    if kind not in (corefile.ET_EXEC, corefile.ET_DYN):
-        return f"{args.binary}: not an ELF executable"
+    problem = _check_binary(args.binary) if args.binary else None
+    for directory in args.binary_dir:
+        if not os.path.isdir(directory):
+            problem = problem or f"--binary-dir {directory}: not a directory"
+    if args.coredumpctl and shutil.which(binaries.COREDUMPCTL) is None:
+        problem = problem or binaries.COREDUMPCTL_MISSING
+    if problem:
+        return problem
     problem = gdbload.check_gdb(args.gdb)
     if problem:
         return problem
+    return None
+
+
+def _check_binary(binary):
+    if not os.path.isfile(binary):
+        return f"{binary}: no such file"
+    try:
+        kind = corefile.elf_type(binary)
+    except OSError as exc:
+        return f"{binary}: {exc.strerror}"
+    except corefile.ElfError as exc:
+        return str(exc)
+    if kind not in (corefile.ET_EXEC, corefile.ET_DYN):
+        return f"{binary}: not an ELF executable"
     return None
 
 
@@ -448,13 +577,19 @@ def main(argv=None):
     if problem:
         print(f"chardev-postmortem: {problem}", file=sys.stderr)
         return EXIT_UNUSABLE
-    args.binary = os.path.abspath(args.binary)
-    try:
-        args.build_id = corefile.binary_build_id(args.binary)
-    except (OSError, corefile.ElfError):
-        args.build_id = None
-    args.qemu_version = corefile.qemu_version(args.binary)
+    if args.binary:
+        args.binary = os.path.abspath(args.binary)
+        try:
+            args.build_id = corefile.binary_build_id(args.binary)
+        except (OSError, corefile.ElfError):
+            args.build_id = None
+        args.qemu_version = corefile.qemu_version(args.binary)
+    else:
+        args.build_id = args.qemu_version = None
+        args.binary_index = binaries.BuildIdIndex(
+            [os.path.abspath(d) for d in args.binary_dir])
     paths, skipped = expand_inputs(args.cores)
+    paths += [Stored(match) for match in args.coredumpctl]
     show_progress = len(paths) > 1 and not args.quiet
     if show_progress:
         for directory, count in skipped:
@@ -484,11 +619,26 @@ def main(argv=None):
     outputs = [(args.format, args.output)] + args.write
     for fmt, path in outputs:
         try:
-            write_output(path, render(fmt, path in (None, "-"), reports, skipped))
+            shown = with_binary_why(reports) if fmt == "text" else reports
+            write_output(path, render(fmt, path in (None, "-"), shown, skipped))
         except OSError as exc:
             print(f"chardev-postmortem: cannot write {path}: {exc.strerror}", file=sys.stderr)
             return EXIT_UNUSABLE
     return exit_status(reports)
+
+
+def with_binary_why(reports):
+    """Copies of the reports for the text output, whose ``binary`` line also says how the
+    binary was found: "PATH (recorded in the core, build-id matches)"."""
+    shown = []
+    for report in reports:
+        binary = (report.get("postmortem") or {}).get("binary") or {}
+        target = report.get("target") or {}
+        if binary.get("how") and not report.get("error"):
+            report = dict(report, target=dict(
+                target, binary=f"{target.get('binary') or '(none)'} ({binary['why']})"))
+        shown.append(report)
+    return shown
 
 
 def _terminate(signum, _frame):
