@@ -236,6 +236,80 @@ def test_gdb_exit_status_is_not_trusted(race, tmp_path, body, reason):
     assert reason in done.stderr.strip().splitlines()[-1]
 
 
+def test_gdb_missing_without_python_or_too_old_is_one_line_exit_2(race, tmp_path):
+    """gdb missing; a real gdb built without Python (Debian's gdb-minimal, unpacked, not
+    installed); a too-old gdb (a STUB: the real gdb told it is 12.1)."""
+    from support import watch as sw
+    missing = pm.run_postmortem(race.binary, race.path, options=["--gdb", "/nonexistent/gdb"])
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        "chardev-postmortem: gdb not found: /nonexistent/gdb (Debian: apt-get install gdb)"]
+    minimal = sw.gdb_minimal()
+    cases = [(sw.old_gdb_stub(tmp_path),
+              "qemu-chardev-gdb: gdb 12.1 is too old: needs gdb 13.0 or later")]
+    if minimal is not None:
+        cases.append((minimal, f"{minimal} was built without Python; install a gdb with "
+                               "Python (Debian: apt-get install gdb, not gdb-minimal)"))
+    for gdb, reason in cases:
+        done = pm.run_postmortem(race.binary, race.path,
+                                 options=[pm.NO_CENSUS, "--gdb", str(gdb)])
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            f"chardev-postmortem: {race.path}: gdb did not run the diagnosis: {reason}"]
+    assert minimal is not None, "Debian's gdb-minimal package could not be unpacked"
+
+
+# A socket path can hold any byte but NUL and '/': an ESC sequence, a newline, Markdown, HTML
+# and CDATA specials, and a byte that is not UTF-8 (0xff, passed to QEMU as that byte).
+ODD_NAME = "s\x1b[31mX\rY\nZ|<b>]]>&`\udcff.sock"
+ODD_SHOWN = "s\\x1b[31mX\\rY\\nZ|<b>]]>&`\\xff.sock"      # as every text output shows it
+
+
+def test_target_strings_are_escaped_in_text_markdown_and_junit(qemu, tmp_path):
+    """Strings read from the target (here a socket chardev's filename, QEMU's
+    "unix:PATH,server=on") are shown escaped in text, Markdown and JUnit, and are the
+    target's own string in JSON (an invalid byte as the four characters \\xNN)."""
+    workdir = pm.core_dir() / f"odd-{qemu}"
+    workdir.mkdir()
+    odd = workdir / ODD_NAME
+    args = [*support.monitor_args(workdir / "mon0.sock"),
+            "--chardev", f"socket,id=odd0,path={odd},server=on,wait=off"]
+    with support.QemuDaemon(qemu.storage_daemon, args, workdir) as daemon:
+        support.wait_until(lambda: os.path.exists(os.fsencode(odd)), 10, what="the odd socket")
+        core = support.gcore(daemon.pid, workdir / "odd.core", binary=qemu.storage_daemon)
+    md_path, junit_path, json_path = (tmp_path / n for n in ("r.md", "r.xml", "r.json"))
+    done = pm.run_postmortem(qemu.storage_daemon, core, options=[
+        pm.NO_CENSUS, "--write", f"markdown={md_path}", "--write", f"junit={junit_path}",
+        "--write", f"json={json_path}"])
+    assert done.returncode == 0, done.stderr
+    raw = set("\x1b\r") | {"\udcff", "\xff"}
+    # text: the filename column, escaped; no raw ESC/CR, and the newline did not split a row
+    row = next(line for line in done.stdout.splitlines() if line.strip().startswith("odd0 "))
+    assert f"{workdir}/{ODD_SHOWN}" in row, row
+    assert not raw & set(done.stdout)
+    assert not any(line.startswith("Z|") for line in done.stdout.splitlines())
+    # Markdown: the same, with what Markdown acts on escaped, the row kept in its cells
+    md = md_path.read_text()
+    assert not raw & set(md)
+    md_row = next(line for line in md.splitlines() if line.startswith("| odd0 |"))
+    assert "/s\\\\x1b\\[31mX\\\\rY\\\\nZ\\|\\<b\\>\\]\\]\\>\\&\\`\\\\xff.sock" in md_row, md_row
+    assert md_row.count(" | ") == len(CHARDEV_COLUMNS) - 1
+    # JUnit: well-formed; the text report inside it, escaped the same way
+    root = ET.parse(junit_path).getroot()
+    out = root.find("testsuite/testcase/system-out").text
+    assert f"{workdir}/{ODD_SHOWN}" in out and not raw & set(out)
+    assert "]]>" not in junit_path.read_text().split("<system-out>")[1]
+    # JSON: the target's string itself (valid JSON, valid UTF-8)
+    report = json.loads(json_path.read_text())
+    pm.validate_report(report)
+    [chardev] = [c for c in report["chardevs"] if c["label"] == "odd0"]
+    assert f"{workdir}/{ODD_NAME.replace(chr(0xdcff), chr(92) + 'xff')}" in chardev["filename"]
+
+
+CHARDEV_COLUMNS = ("LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "CHR_WRITE_LOCK",
+                   "FILENAME")
+
+
 def test_stripped_binary_is_unusable(race, tmp_path):
     stripped = support.strip_debug(race.binary, tmp_path / "qemu-storage-daemon")
     done = pm.run_postmortem(stripped, race.path)

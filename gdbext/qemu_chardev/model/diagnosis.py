@@ -7,7 +7,7 @@ are ``models.Frame``, the objects ``snapshot.Snapshot.stack()`` returns.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from qemu_chardev.model import tool
+from qemu_chardev.model import tool, vocabulary
 from qemu_chardev.model.objects import ptr
 from qemu_chardev.model.qemu import display_location, frame_roles, innermost_qemu_frame
 
@@ -132,7 +132,7 @@ class DisconnectLocking:
 
 @dataclass
 class Finding:
-    """One conclusion: id, severity, what it concerns, and what to do."""
+    """One conclusion: id (``model.vocabulary``), severity, what it concerns, and what to do."""
     id: str
     severity: str
     summary: str
@@ -146,9 +146,15 @@ class Finding:
     def __post_init__(self):
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
+        vocabulary.check(self.id, self.severity)
+
+    @property
+    def title(self):
+        return vocabulary.title(self.id)
 
     def to_json(self):
-        return {"id": self.id, "severity": self.severity, "chardev": self.chardev,
+        return {"id": self.id, "severity": self.severity, "title": self.title,
+                "chardev": self.chardev,
                 "lwp": self.lwp, "thread": self.thread, "summary": self.summary,
                 "detail": self.detail, "fix": self.fix, "evidence": self.evidence}
 

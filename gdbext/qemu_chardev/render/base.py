@@ -19,6 +19,7 @@ _HAVE_PYGMENTS = importlib.util.find_spec("pygments") is not None
 MISSING_OPTIONAL = [name for name, present in (("tabulate", _tabulate is not None),
                                                ("pygments", _HAVE_PYGMENTS)) if not present]
 
+from qemu_chardev.model.text import printable
 
 def _highlight(text, lexer_name):
     """``text`` highlighted for a terminal, or None without pygments."""
@@ -108,10 +109,10 @@ def chardev_list(chardevs, colour=False):
     rows = []
     notes = []
     for ch in chardevs:
-        label = ch.label if ch.label is not None else "?"
+        label = printable(ch.label) if ch.label is not None else "?"
         if not ch.in_tree:
             label += " *"
-            notes.append(f"* {ch.label or hex(ch.address)}: not in /chardevs, found in "
+            notes.append(f"* {printable(ch.label) or hex(ch.address)}: not in /chardevs, found in "
                          f"{ch.found_via}" + (f"; {ch.liveness}" if ch.liveness else ""))
         connected = ch.state == "connected"
         if ch.is_socket:
@@ -124,7 +125,7 @@ def chardev_list(chardevs, colour=False):
         rows.append([label, ch.type or "?", f"0x{ch.address:x}", *sock,
                      ch.be_open, lock_summary(ch.write_lock, colour)])
         for problem in ch.problems:
-            notes.append(f"! {ch.label or hex(ch.address)}: {problem}")
+            notes.append(f"! {printable(ch.label) or hex(ch.address)}: {printable(problem)}")
     text = table(["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "LISTENER", "BE_OPEN",
                   "CHR_WRITE_LOCK"], rows)
     return text + ("\n" + "\n".join(notes) if notes else "")
@@ -141,7 +142,7 @@ def mutex_block(lock, colour=False, cycles=()):
     if lock.owner is not None and lock.owner.location:
         pairs.append(("owner at", lock.owner.location))
     if lock.locker:
-        pairs.append(("locked at", lock.locker + " (debug-mutex)"))
+        pairs.append(("locked at", printable(lock.locker) + " (debug-mutex)"))
     pairs += [("type", lock.mutex_type), ("lock word", lock.lock_word)]
     if lock.mutex_type == "recursive":
         pairs.append(("recursion", lock.count))
@@ -188,7 +189,7 @@ def gsource_block(src, colour=False):
              ("flags", f"0x{src.flags:x} " + ("|".join(src.flag_names) or "none")
               if src.flags is not None else None),
              ("context", pointer(src.context)), ("source id", src.source_id),
-             ("priority", src.priority), ("name", src.name),
+             ("priority", src.priority), ("name", printable(src.name)),
              ("funcs", _sym(src.funcs, src.funcs_symbol)),
              ("callback", _sym(src.callback, src.callback_symbol)),
              ("callback data", pointer(src.callback_data) if src.callback else None)]
@@ -237,11 +238,11 @@ def qiotask_block(task, colour=False):
 
 
 def chardev_block(ch, colour=False):
-    head = f"Chardev {ch.label!r} ({ch.type}) at 0x{ch.address:x}"
+    head = f"Chardev '{printable(ch.label)}' ({ch.type}) at 0x{ch.address:x}"
     if not ch.in_tree:
         head += f"  [not in /chardevs; found in {ch.found_via}]"
     out = [paint(head, "bold", colour)]
-    pairs = [("be_open", ch.be_open), ("filename", ch.filename),
+    pairs = [("be_open", ch.be_open), ("filename", printable(ch.filename)),
              ("frontend", pointer(ch.frontend))]
     out.append(_kv(pairs))
     out.append("chr_write_lock:")
@@ -258,7 +259,7 @@ def chardev_block(ch, colour=False):
     if ch.connect_task is not None:
         out.append("connect_task:")
         out.append(qiotask_block(ch.connect_task, colour))
-    out += [paint(f"! {p}", "red", colour) for p in ch.problems]
+    out += [paint(f"! {printable(p)}", "red", colour) for p in ch.problems]
     return "\n".join(out)
 
 

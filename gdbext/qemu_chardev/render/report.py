@@ -4,7 +4,13 @@ tabulate/pygments of ``render.py``, so ``scripts/chardev-postmortem`` uses it ou
 
 A report whose core could not be analysed carries ``error`` (a one-line reason) and empty
 sections; every renderer shows that reason instead of findings.
+
+Every string of a report may come from the target (labels, paths, assertion messages, and
+the findings' sentences that quote them): each renderer first makes the whole report
+``model.text.printable`` (control characters, bidi overrides and the like escaped), and
+Markdown escapes what Markdown would act on (``model.text.markdown``).
 """
+import html
 import textwrap
 import xml.etree.ElementTree as ET
 
@@ -12,6 +18,9 @@ from qemu_chardev.render import base as render
 from qemu_chardev.render.gsource import census_section_text
 from qemu_chardev.model.diagnosis import REPORT_SCHEMA, SEVERITIES
 from qemu_chardev.model.qemu import display_path
+from qemu_chardev.model.text import markdown as md_text
+from qemu_chardev.model.text import markdown_code as md_code
+from qemu_chardev.model.text import printable_tree
 
 WRAP = 100
 _HIGHLIGHT_ROLES = {"chardev", "channel", "task"}
@@ -187,11 +196,12 @@ def _chardev_rows(report):
                      ch.get("state") or "-",
                      (ch.get("ioc") or "NULL") if socket else "-",
                      (ch.get("sioc") or "NULL") if socket else "-",
-                     _lock_text(ch.get("write_lock"))])
+                     _lock_text(ch.get("write_lock")), ch.get("filename") or "-"])
     return rows
 
 
-CHARDEV_HEADERS = ["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "CHR_WRITE_LOCK"]
+CHARDEV_HEADERS = ["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "CHR_WRITE_LOCK",
+                   "FILENAME"]
 THREAD_HEADERS = ["THREAD", "LWP", "NAME", "WHERE", "WAITING FOR", "HOLDS WRITE LOCK OF"]
 
 
@@ -251,7 +261,8 @@ def _section_lines(name, section, colour=False):
 
 
 def text(report, colour=False, show_problems=True):
-    """The full text report of one target."""
+    """The full text report of one target (its strings ``printable``)."""
+    report = printable_tree(report)
     if report.get("error"):
         return (f"{report_name(report)}: "
                 + render.paint(f"not analysed: {report['error']}", "red", colour))
@@ -316,6 +327,7 @@ def text_many(reports, colour=False):
             f"not analysed: {report['error']}" if report.get("error") else
             f"{verdict(report)} ({counts_text(report)})"))
     sep = "\n\n" + "=" * 78 + "\n\n"
+    reports = [printable_tree(r) for r in reports]
     return sep.join(parts) + "\n\n" + "\n".join(summary)
 
 
@@ -331,13 +343,15 @@ def envelope(reports):
 # --- Markdown ---------------------------------------------------------------------------------
 
 def _md_cell(value):
-    text = "" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Markdown text for a table cell or a sentence: nothing in it acts as Markdown."""
+    return md_text(value)
 
 
-def _md_table(headers, rows):
+def _md_table(headers, rows, escape=True):
+    """A GFM table; ``escape=False``: the cells are Markdown already."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_cell(c) if escape else str(c) for c in row) + " |"
+              for row in rows]
     return "\n".join(lines)
 
 
@@ -354,7 +368,8 @@ _MD_VERDICT = {"error": "**FAIL**", "warning": "warning", "ok": "ok",
 
 def markdown(reports, title="QEMU chardev post-mortem"):
     """A Markdown summary (GitHub job summary, GitLab/GitHub merge-request comment)."""
-    out = [f"## {title}", ""]
+    reports = [printable_tree(r) for r in reports]
+    out = [f"## {md_text(title)}", ""]
     if not reports:
         out.append("No core files to analyse.")
         return "\n".join(out) + "\n"
@@ -364,31 +379,36 @@ def markdown(reports, title="QEMU chardev post-mortem"):
         crash = report.get("crash")
         first_error = next((f["id"] for f in report.get("findings") or []
                             if f.get("severity") == "error"), "")
-        rows.append([f"`{report_name(report)}`",
-                     (report.get("target") or {}).get("qemu_version") or "",
-                     (crash or {}).get("signal_name") or ("" if report.get("error") else "none"),
+        rows.append([md_code(report_name(report), in_table=True),
+                     _md_cell((report.get("target") or {}).get("qemu_version") or ""),
+                     _md_cell((crash or {}).get("signal_name") or
+                              ("" if report.get("error") else "none")),
                      c["error"], c["warning"],
-                     _MD_VERDICT[verdict(report)] + (f" `{first_error}`" if first_error else "")
-                     + (f": {report['error']}" if report.get("error") else "")])
-    out.append(_md_table(["Core", "QEMU", "Crash", "Errors", "Warnings", "Verdict"], rows))
+                     _MD_VERDICT[verdict(report)]
+                     + (f" {md_code(first_error, in_table=True)}" if first_error else "")
+                     + (f": {_md_cell(report['error'])}" if report.get("error") else "")])
+    out.append(_md_table(["Core", "QEMU", "Crash", "Errors", "Warnings", "Verdict"], rows,
+                         escape=False))
     for report in reports:
-        out += ["", f"### `{report_name(report)}`", ""]
+        out += ["", f"### {md_code(report_name(report))}", ""]
         if report.get("error"):
-            out.append(f"Not analysed: {report['error']}")
+            out.append(f"Not analysed: {_md_cell(report['error'])}")
             continue
         if not report.get("complete", True):
-            out.append("*Report incomplete:* " + "; ".join(report.get("problems") or []))
+            out.append("*Report incomplete:* "
+                       + _md_cell("; ".join(report.get("problems") or [])))
             out.append("")
         found = [f for f in report.get("findings") or [] if f.get("severity") != "info"]
         if not found:
             out.append("No error or warning findings.")
         for finding in found:
             about = ", ".join(x for x in (
-                f"chardev `{finding['chardev']}`" if finding.get("chardev") else "",
+                f"chardev {md_code(finding['chardev'])}" if finding.get("chardev") else "",
                 f"thread {finding['thread']} / LWP {finding['lwp']}"
                 if finding.get("lwp") is not None else "") if x)
-            out.append(f"- **{finding['severity'].upper()} `{finding['id']}`**"
-                       + (f" ({about})" if about else "") + f": {finding.get('summary')}")
+            out.append(f"- **{_md_cell(finding['severity'].upper())} {md_code(finding['id'])}**"
+                       + (f" ({about})" if about else "")
+                       + f": {_md_cell(finding.get('summary'))}")
             if finding.get("detail"):
                 out.append(f"  <br>{_md_cell(finding['detail'])}")
             if finding.get("fix"):
@@ -396,7 +416,8 @@ def markdown(reports, title="QEMU chardev post-mortem"):
         infos = [f for f in report.get("findings") or [] if f.get("severity") == "info"]
         crash = report.get("crash")
         if crash:
-            out += ["", f"<details><summary>Crash: {crash_headline(crash)}</summary>", "",
+            out += ["", f"<details><summary>Crash: {html.escape(crash_headline(crash))}"
+                    "</summary>", "",
                     _md_code("\n".join(frame_line(f) for f in crash.get("frames") or [])),
                     "", "</details>"]
         if report.get("chardevs"):
@@ -404,7 +425,7 @@ def markdown(reports, title="QEMU chardev post-mortem"):
                     _md_table(CHARDEV_HEADERS, _chardev_rows(report)), "", "</details>"]
         if infos:
             out += ["", "<details><summary>Other findings</summary>", ""]
-            out += [f"- `{f['id']}`: {_md_cell(f.get('summary'))}" for f in infos]
+            out += [f"- {md_code(f['id'])}: {_md_cell(f.get('summary'))}" for f in infos]
             out += ["", "</details>"]
     return "\n".join(out) + "\n"
 
@@ -412,8 +433,12 @@ def markdown(reports, title="QEMU chardev post-mortem"):
 # --- JUnit XML --------------------------------------------------------------------------------
 
 def _xml_text(text):
-    """Drop characters XML 1.0 cannot carry (control characters from target memory)."""
-    return "".join(ch for ch in str(text) if ch in "\t\n\r" or ord(ch) >= 0x20)
+    """Text XML 1.0 can carry: the report's strings are already ``printable`` (control
+    characters escaped, so shown rather than dropped); what is left (our own tabs and
+    newlines are kept) is dropped.  ElementTree escapes ``<``, ``&`` and ``]]>``."""
+    return "".join(ch for ch in str(text) if ch in "\t\n\r" or
+                   (0x20 <= ord(ch) <= 0xD7FF) or (0xE000 <= ord(ch) <= 0xFFFD) or
+                   ord(ch) >= 0x10000)
 
 
 def junit(reports, suite="chardev-postmortem"):
@@ -427,6 +452,7 @@ def junit(reports, suite="chardev-postmortem"):
         post = report.get("postmortem") or {}
         seconds = float(post.get("seconds") or 0.0)
         total_time += seconds
+    reports = [printable_tree(r) for r in reports]
         binary = ((report.get("target") or {}).get("binary") or "qemu").rsplit("/", 1)[-1]
         case = ET.Element("testcase", {"classname": f"{suite}.{binary}",
                                        "name": _xml_text(report_name(report)),
