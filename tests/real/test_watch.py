@@ -16,6 +16,7 @@ from pathlib import Path
 import support
 from support import procs
 from support import watch as sw
+from support.health import daemon_health, describe as describe_health
 
 MON0 = "mon_list.tqh_first->chr.chr"          # the monitor's chardev, found by plain gdb
 WARNING = "disconnect-without-write-lock"
@@ -92,7 +93,7 @@ def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
     hangups = 25
     with qsd(build, workdir, trace=trace) as (daemon, sock):
         io_lwp = sw.iothread_lwp(build.storage_daemon, daemon.pid)
-        with sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c") as run:
+        with sw.loose_umask(), sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c") as run:
             run.wait_watching()
             before = len(daemon.stderr_text())
             counts = sw.hangup_loop(sock, hangups, 0)
@@ -101,7 +102,7 @@ def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
             rc = run.interrupt()
         assert counts.at_once == hangups and counts.refused == 0
         events = run.events()
-        errors = [e for e in events if e["kind"] == ERROR]
+        errors = [e for e in events if e["id"] == ERROR]
         assert rc == (1 if errors else 0), run.describe()
         assert len(events) == hangups, run.describe()
         if trace:
@@ -119,12 +120,20 @@ def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
             functions = stack_functions(event["stack"])
             assert functions[0] == "tcp_chr_change_state"
             assert "tcp_chr_free_connection" in functions and "tcp_chr_disconnect" in functions
-            if event["kind"] == ERROR:
+            if event["id"] == ERROR:
                 assert event["writer_lwp"] == daemon.pid and event["writer_stack"]
             else:
-                assert event["kind"] == WARNING and event["writer_lwp"] is None
-        assert [e["id"] for e in events] == list(range(1, hangups + 1))
+                assert event["id"] == WARNING and event["writer_lwp"] is None
+                assert event["severity"] == "warning"
+            # one vocabulary with the report's findings; the first version's names remain
+            assert (event["kind"], event["reason"]) == (event["id"], event["summary"])
+        assert [e["seq"] for e in events] == list(range(1, hangups + 1))
         summary = run.summary
+        sw.validate_events(events, summary)
+        assert summary["events"] == events
+        # the log and the summary hold guest data: owner only, though our umask is 022
+        assert sw.file_mode(run.json_log) == 0o600
+        assert sw.file_mode(run.summary_path) == 0o600
         assert summary["reason"] == "stop requested"
         assert summary["counters"]["teardowns"] == hangups
         assert summary["counters"]["locked_teardowns"] == 0
@@ -154,8 +163,17 @@ def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
 def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workdir):
     """Some clients hang up while responses are being written.  Each connection is torn down
     once: by the main thread in tcp_chr_write with the lock (write error), or without it by
-    the I/O thread - a warning, or an error if the main thread held the lock meanwhile.  A
-    vulnerable QEMU may also crash here (the race striking): then the crash is reported."""
+    the I/O thread - a warning, or an error if the main thread held the lock meanwhile.
+
+    A vulnerable QEMU may also crash here: the race striking, with or without the catcher
+    (measured on the reverted 10.2, no debugger attached: 1 SIGABRT in 175 runs of this load;
+    under the catcher 7 in 67, all in yank_unregister_function() under tcp_chr_write's
+    write-error teardown, after the I/O thread had torn the same connection down without the
+    lock; no run left a live daemon that did not answer QMP).  The crash can come after the
+    last client hung up (no connection refused) or after the catcher detached.  So the test
+    asserts on what the catcher reported, and the daemon's health afterwards is a fact in its
+    output, except for what would be the catcher's doing: a SIGTRAP death, an int3 or a debug
+    register left behind, a crash while watched that the catcher did not report."""
     build = qemu_reverted
     trace = has_chr_trace(build)
     with qsd(build, workdir, trace=trace) as (daemon, sock):
@@ -165,30 +183,40 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
             counts = sw.hangup_loop(sock, 30, 10)
             time.sleep(0.5)
             window = daemon.stderr_text()[before:]
-            rc = run.wait(60) if counts.refused else run.interrupt()
+            rc = run.interrupt()
         events = run.events()
         summary = run.summary
-        crashed = [e for e in events if e["kind"] == "crash"]
+        crashed = [e for e in events if e["id"] == "crash"]
+        if crashed:       # the catcher let the signal through at its detach: QEMU dies of it
+            with contextlib.suppress(TimeoutError):
+                support.wait_until(lambda: not daemon.alive(), 10, what="the daemon to die")
+        health = daemon_health(daemon, sock)
+        print(f"hang-ups {counts}; catcher exit {rc}; {describe_health(health)}")
+        sw.validate_events(events, summary)
         judged = len(events) - len(crashed) + summary["counters"]["locked_teardowns"]
+        facts = f"{describe_health(health)}\n{run.describe()}"
+        assert health["signal"] != "SIGTRAP" and not health["left_behind"], facts
         if crashed:
-            assert counts.refused and rc == 1, run.describe()
+            assert len(crashed) == 1 and rc == 1, facts
             assert summary["reason"].startswith("the process crashed"), summary["reason"]
-            assert judged + 1 >= counts.total, run.describe()
+            assert "tcp_chr_write" in stack_functions(crashed[0]["stack"]), crashed[0]
+            assert not health["alive"] and health["signal"] == crashed[0]["signal"], facts
+            assert judged + 1 >= counts.total, facts
         else:
-            assert judged == counts.total, run.describe()
-            assert rc == (1 if summary["errors"] else 0)
+            # watched to the end: every hang-up judged; a death after the detach is QEMU's
+            assert summary["reason"] == "stop requested", facts
+            assert judged == counts.total, facts
+            assert rc == (1 if summary["errors"] else 0), facts
         if trace:
             t = sw.disconnect_trace_counts(window, "mon0")
             # write-path teardowns need a write error first; the rest came without the lock
             assert summary["counters"]["locked_teardowns"] <= t["locked"]
             assert len(events) >= min(counts.total, t["disconnects"]) - t["locked"] - 1
         for event in events:
-            if event["kind"] == ERROR:
+            if event["id"] == ERROR:
                 assert event["writer_lwp"] == daemon.pid
                 assert {"qemu_chr_write_buffer", "tcp_chr_write"} & \
                     set(stack_functions(event["writer_stack"])), event
-        if not crashed:
-            assert_left_running(daemon, sock, qemu_reverted)
 
 
 # --- fixed build: never a report -----------------------------------------------------------------
@@ -268,7 +296,7 @@ def test_reverted_test_char_reports_what_fixed_does_with_the_lock(qemu_pair, wor
     assert reverted.summary["exit_status"] == 0
     events = reverted.events()
     assert len(events) == fixed.summary["counters"]["locked_teardowns"] > 0
-    assert all(e["kind"] == WARNING for e in events)
+    assert all(e["id"] == WARNING for e in events)
     assert reverted.returncode == 0
 
 
@@ -308,7 +336,7 @@ def test_budget_four_registers_then_breakpoint_fallback(qemu_reverted, workdir):
         assert len(events) == 2, (label, events)
         assert {e["field"] for e in events} == ({"teardown"} if label in ("s4", "s5")
                                                 else {"state"})
-        assert all(e["kind"] == WARNING for e in events)
+        assert all(e["id"] == WARNING for e in events)
 
 
 def test_hotplugged_chardev_without_register_is_announced_and_caught(qemu_reverted, workdir):
@@ -350,19 +378,20 @@ def test_stop_leaves_gdb_at_the_scene_and_writes_a_core(qemu_reverted, workdir):
     """The main thread is held in tcp_chr_write (chr_write_lock held) by a breakpoint; with
     scheduler-locking only the monitor I/O thread runs when the client hangs up."""
     build = qemu_reverted
-    cores = workdir / "cores"
-    cores.mkdir()
+    cores = workdir / "private" / "cores"             # made by the watch (0700)
     log = workdir / "events.jsonl"
+    summary_path = workdir / "summary.json"
     with qsd(build, workdir) as (daemon, sock):
         io_lwp = sw.iothread_lwp(build.storage_daemon, daemon.pid)
         client = qmp(sock)
         commands = ["delete", SELECT_IOTHREAD, "set scheduler-locking on",
                     f"qemu watch-disconnect mon0 --stop --duration 60 --json-log {log} "
-                    f"--core-dir {cores}",
+                    f"--core-dir {cores} --summary-json {summary_path}",
                     "bt 6", "info threads", "qemu watch-disconnect --status --json",
                     "qemu watch-disconnect --off", "set scheduler-locking off", "detach"]
-        gdb = support.GdbProcess(build.storage_daemon, pid=daemon.pid, commands=commands,
-                                 setup=["break tcp_chr_write", "continue"])
+        with sw.loose_umask():          # gdb (and its gcore) under a usual umask of 022
+            gdb = support.GdbProcess(build.storage_daemon, pid=daemon.pid, commands=commands,
+                                     setup=["break tcp_chr_write", "continue"])
         try:
             gdb.wait_for_marker("pre2", "BEGIN")       # "continue" after sourcing, break
             procs.wait_until(lambda: not procs.is_trace_stopped(daemon.pid), 30,
@@ -390,7 +419,8 @@ def test_stop_leaves_gdb_at_the_scene_and_writes_a_core(qemu_reverted, workdir):
         events = [json.loads(line) for line in log.read_text().splitlines()]
         assert len(events) == 1
         event = events[0]
-        assert event["kind"] == ERROR and event["chardev"]["label"] == "mon0"
+        assert event["id"] == ERROR and event["chardev"]["label"] == "mon0"
+        assert (event["seq"], event["severity"]) == (1, "error")
         assert (event["lwp"], event["writer_lwp"]) == (io_lwp, daemon.pid)
         assert stack_functions(event["writer_stack"])[0] == "tcp_chr_write"
         assert stack_functions(event["stack"])[:2] == ["tcp_chr_change_state",
@@ -398,6 +428,13 @@ def test_stop_leaves_gdb_at_the_scene_and_writes_a_core(qemu_reverted, workdir):
         assert event["lock"]["owner_lwp"] == daemon.pid
         core = Path(event["core"])
         assert core.parent == cores and core.stat().st_size > 0
+        # a core holds the guest's memory: 0600 in a 0700 directory; the log and summary 0600
+        assert sw.file_mode(core) == 0o600 and sw.file_mode(cores) == 0o700
+        assert core.name == f"core.{daemon.pid}.1"
+        assert sw.file_mode(log) == 0o600 and sw.file_mode(summary_path) == 0o600
+        summary = json.loads(summary_path.read_text())
+        sw.validate_events(events, summary)
+        assert summary["events"] == events and summary["errors"] == 1
         # the core, read by plain gdb: the lock held by the main thread, mon0 disconnected
         owner, state, ioc, label = support.run_gdb(
             build.storage_daemon, core=core, extension=False, commands=[
@@ -520,10 +557,14 @@ def test_script_bad_input_exits_2(qemu, workdir):
     assert done.returncode == 2 and "--fields" in done.stderr
     sleeper = procs.register(subprocess.Popen(["sleep", "300"], start_new_session=True))
     try:
-        # not a QEMU: gdb attaches, the watch cannot arm, gdb detaches, sleep runs on
-        done = catch("--pid", sleeper.pid, "--duration", "5")
+        # not a QEMU: gdb attaches, the watch cannot arm, gdb detaches, sleep runs on; the
+        # --core-dir it was given was made first, 0700 (cores hold the guest's memory)
+        cores = workdir / "new" / "cores"
+        with sw.loose_umask():
+            done = catch("--pid", sleeper.pid, "--duration", "5", "--core-dir", cores)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "no QEMU debug info" in done.stdout + done.stderr
+        assert sw.file_mode(cores) == 0o700 and sw.file_mode(cores.parent) == 0o700
         assert procs.process_exists(sleeper.pid) and procs.tracer_pid(sleeper.pid) == 0
         # already traced by another debugger
         other = support.GdbProcess(pid=sleeper.pid, extension=False, commands=["continue"])
@@ -542,6 +583,31 @@ def test_script_bad_input_exits_2(qemu, workdir):
     killed = re.search(r"killed process (\d+)", done.stdout)
     assert killed, done.stdout
     assert not procs.process_exists(int(killed.group(1)))
+
+
+def test_script_gdb_missing_without_python_or_too_old_exits_2_in_one_line(qemu, workdir):
+    """Before anything is attached: gdb missing, a real gdb built without Python (Debian's
+    gdb-minimal, unpacked, not installed), and a too-old gdb (a STUB: the real gdb told it is
+    12.1).  One line each, exit 2; QEMU is not traced and still answers."""
+    minimal = sw.gdb_minimal()
+    old = sw.old_gdb_stub(workdir)
+    with qsd(qemu, workdir) as (daemon, sock):
+        cases = [("/nonexistent/gdb", "gdb not found: /nonexistent/gdb (Debian: apt-get "
+                                      "install gdb)"),
+                 (old, "qemu-chardev-gdb: gdb 12.1 is too old: needs gdb 13.0 or later")]
+        if minimal is not None:
+            cases.append((minimal, f"{minimal} was built without Python; install a gdb with "
+                                   "Python (Debian: apt-get install gdb, not gdb-minimal)"))
+        for gdb, line in cases:
+            done = subprocess.run([str(sw.SCRIPT), "--gdb", str(gdb), "--pid", str(daemon.pid),
+                                   "--duration", "5"], capture_output=True, text=True,
+                                  timeout=120, stdin=subprocess.DEVNULL)
+            assert done.returncode == 2, (gdb, done.stdout, done.stderr)
+            assert done.stderr.splitlines() == [f"catch-disconnect-during-write: {line}"], \
+                (gdb, done.stderr)
+            assert done.stdout == ""
+        assert procs.tracer_pid(daemon.pid) == 0 and sw.qmp_answers(sock)
+    assert minimal is not None, "Debian's gdb-minimal package could not be unpacked"
 
 
 def test_no_hardware_watchpoints_falls_back_visibly(qemu_reverted, workdir):

@@ -11,11 +11,15 @@ chr_socket_disconnect / chr_socket_poll_err; `disconnect_trace_counts`) and plai
 (`dprintf_teardowns`: a dprintf on tcp_chr_free_connection, `iothread_lwp`).
 """
 
+import contextlib
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -28,6 +32,95 @@ from .paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "catch-disconnect-during-write"
 CHR_TRACE = "chr_socket_*"
+EVENT_SCHEMA_PATH = REPO_ROOT / "docs" / "event-log-schema.json"
+CACHE = Path(os.environ.get("QEMU_CHARDEV_GDB_CACHE",
+                            Path.home() / ".cache" / "qemu-chardev-gdb"))
+
+
+# --- the event log's schema, the modes of what the watch writes ------------------------------
+
+@functools.lru_cache(maxsize=None)
+def event_schema() -> dict:
+    return json.loads(EVENT_SCHEMA_PATH.read_text())
+
+
+def validate_events(events=(), summary=None) -> None:
+    """Raise jsonschema.ValidationError unless every event (a --json-log line) and SUMMARY
+    (--summary-json) follow docs/event-log-schema.json."""
+    import jsonschema
+
+    def validator(definition=None):
+        schema = dict(event_schema())
+        if definition:
+            schema.pop("oneOf")
+            schema["$ref"] = f"#/$defs/{definition}"
+        return jsonschema.Draft202012Validator(schema)
+
+    for event in events:
+        validator("event").validate(event)
+        validator().validate(event)
+    if summary is not None:
+        validator("summary").validate(summary)
+        validator().validate(summary)
+
+
+def file_mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@contextlib.contextmanager
+def loose_umask(mask: int = 0o022):
+    """This test process (and what it starts) under a usual user umask: files 0644."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# --- gdbs that cannot run the extension -------------------------------------------------------
+
+def gdb_minimal() -> Optional[Path]:
+    """Debian's gdb-minimal (a real gdb built without Python), unpacked from its package into
+    the cache: never installed, since the package replaces /usr/bin/gdb.  None when the
+    package cannot be had (no apt, no network)."""
+    target = CACHE / "gdb-minimal" / "usr" / "bin" / "gdb"
+    if target.exists():
+        return target
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return None
+    work = Path(tempfile.mkdtemp(prefix="qcg-gdb-minimal-"))
+    try:
+        debs = sorted(Path("/var/cache/apt/archives").glob("gdb-minimal_*.deb"))
+        if not debs:
+            subprocess.run(["apt-get", "download", "gdb-minimal"], cwd=work, timeout=300,
+                           capture_output=True)
+            debs = sorted(work.glob("gdb-minimal_*.deb"))
+        if not debs:
+            return None
+        unpacked = work / "root"
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], check=True,
+                       timeout=300, capture_output=True)
+        (CACHE / "gdb-minimal").parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(CACHE / "gdb-minimal", ignore_errors=True)
+        shutil.move(str(unpacked), str(CACHE / "gdb-minimal"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target if target.exists() else None
+
+
+def old_gdb_stub(directory, version: str = "12.1") -> Path:
+    """A STUB of a too-old gdb: the real gdb, told by -iex that it is VERSION (no gdb older
+    than Debian 12's 13.1 is installable here).  It checks the message and exit path, not a
+    real old gdb."""
+    path = Path(directory) / "gdb-old"
+    real = shutil.which("gdb")
+    path.write_text(f"#!/bin/sh\nexec {real} -iex \"python gdb.VERSION = '{version}'\" "
+                    "\"$@\"\n")
+    path.chmod(0o755)
+    return path
 
 
 # --- QMP clients that hang up ------------------------------------------------------------------

@@ -12,8 +12,8 @@ IDLE = 0x7F0000001300
 TIMEOUT = 0x7F0000001380
 CTX = 0x555500001000
 MAPPED = [(0x555500000000, 0x555600000000), (0x7F0000000000, 0x7F0000100000)]
-FINDING_KEYS = {"id", "severity", "chardev", "lwp", "thread", "summary", "detail", "fix",
-                "evidence"}
+FINDING_KEYS = {"id", "severity", "title", "chardev", "lwp", "thread", "summary", "detail",
+                "fix", "evidence"}
 
 
 def is_mapped(address):

@@ -250,9 +250,10 @@ def test_broken_provider_becomes_a_problem_not_a_crash():
 
 def test_finding_rejects_unknown_severity_and_serialises():
     with pytest.raises(ValueError):
-        Finding("x", "fatal", "y")
-    obj = Finding("x", "info", "s", "d", None, "mon0", 1, 2).to_json()
-    assert set(obj) >= {"id", "severity", "chardev", "lwp", "thread", "summary", "detail", "fix"}
+        Finding("write-lock-held", "fatal", "y")
+    obj = Finding("write-lock-held", "info", "s", "d", None, "mon0", 1, 2).to_json()
+    assert set(obj) >= {"id", "severity", "title", "chardev", "lwp", "thread", "summary",
+                        "detail", "fix"}
 
 
 def test_counts_and_helpers():

@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from qemu_chardev.analysis import watch as wa
-from qemu_chardev.model import stops
+from qemu_chardev.model import stops, vocabulary
 from qemu_chardev.render import watch as watch_render
 
 CONNECTED, CONNECTING, DISCONNECTED = wa.STATE_CONNECTED, wa.STATE_CONNECTING, \
@@ -190,7 +190,10 @@ def _event(kind=wa.DISCONNECT_DURING_WRITE):
 def test_event_json_has_the_fields_the_log_promises():
     obj = _event().to_json()
     json.dumps(obj)
-    assert obj["id"] == 7 and obj["kind"] == wa.DISCONNECT_DURING_WRITE
+    assert obj["seq"] == 7 and obj["id"] == wa.DISCONNECT_DURING_WRITE
+    assert obj["kind"] == obj["id"] and obj["reason"] == obj["summary"]   # the old names
+    assert obj["summary"].startswith("state connected -> disconnected")
+    assert obj["title"] == vocabulary.title(wa.DISCONNECT_DURING_WRITE)
     assert obj["severity"] == "error"
     assert obj["chardev"] == {"label": "mon0", "address": "0x55d0c0a3e2b0"}
     assert (obj["lwp"], obj["writer_lwp"]) == (IO, MAIN)
@@ -336,10 +339,11 @@ def test_decide_stop(stop, reason, state):
 
 def test_an_error_ends_the_watch_at_the_scene_only_with_stop_on_error():
     ours = stops.Stop(stops.STOP_OURS)
-    assert wa.decide_stop(ours, stop_on_error=False, first_error=3).reason is None
-    decision = wa.decide_stop(ours, stop_on_error=True, first_error=3)
-    assert (decision.reason, decision.state) == ("stopped at error [3] (--stop)",
-                                                 wa.State.AT_SCENE)
+    first = wa.DISCONNECT_DURING_WRITE
+    assert wa.decide_stop(ours, stop_on_error=False, first_error=first).reason is None
+    decision = wa.decide_stop(ours, stop_on_error=True, first_error=first)
+    assert (decision.reason, decision.state) == (
+        "stopped at error [disconnect-during-write] (--stop)", wa.State.AT_SCENE)
     # the error wins over the SIGINT that arrived in the same stop; an exit does not wait
     sigint = stops.Stop(stops.STOP_SIGNAL, signal="SIGINT", interrupt="duration elapsed")
     assert wa.decide_stop(sigint, True, 1).state is wa.State.AT_SCENE

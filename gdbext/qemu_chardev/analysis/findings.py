@@ -4,7 +4,7 @@ A finding provider is a function ``provider(facts) -> [Finding]``.  ``diagnose``
 built-in providers and merges ``facts.extra_findings`` (conclusions that readers drew from memory,
 such as a GSource census).  Nothing here imports gdb.
 
-Built-in finding ids:
+Built-in finding ids (each defined once, with its title, in ``model.vocabulary``):
   ioc-null-during-write  error    a thread crashed or stopped writing through a NULL channel
   deadlock               error    threads wait on each other's mutexes (or on one they hold)
   write-lock-held        info     who holds a chr_write_lock and where; warning when the owner
@@ -14,6 +14,7 @@ chardev-crash for a crash in chardev code that nothing else explains), and
 known-upstream-bug from ``analysis.upstream`` (a crash that matches a catalogued bug).
 """
 from qemu_chardev.analysis import lifecycle, locks, upstream
+from qemu_chardev.model import vocabulary as ids
 from qemu_chardev.model.diagnosis import SEVERITIES, Finding, chardev_label
 from qemu_chardev.model.qemu import (DISCONNECT_FUNCTIONS, EVENT_FUNCTIONS,
                                      LOCKED_DISCONNECT_FUNCTIONS, WRITE_ENTRY,
@@ -188,7 +189,7 @@ def _ioc_null_finding(facts, thread, chardev, address, crash, null_argument):
         "write_path": [f.function for f in thread.frames if in_write_path(f.function)],
         "disconnect_takes_lock": locking.takes_lock if locking else None,
     }
-    return Finding("ioc-null-during-write", "error", summary, " ".join(lines), fix,
+    return Finding(ids.IOC_NULL_DURING_WRITE, "error", summary, " ".join(lines), fix,
                    chardev=chardev_label(chardev), lwp=thread.lwp, thread=thread.num,
                    evidence=evidence)
 
@@ -227,7 +228,7 @@ def deadlock(facts):
         if chardev is not None:
             summary = f"chardev '{chardev_label(chardev)}': " + summary
         out.append(Finding(
-            "deadlock", "error", summary,
+            ids.DEADLOCK, "error", summary,
             "; ".join(steps) + ". None of these threads can continue.",
             "Take these mutexes in one global order, or drop one before taking the other.",
             chardev=chardev_label(chardev), lwp=first_lwp, thread=thread.num if thread else None,
@@ -260,7 +261,7 @@ def _self_deadlock(facts, thread, mutex, chardev):
     summary = f"self-deadlock: {facts.short_who(lwp)} waits for {name}, which it holds"
     if chardev is not None:
         summary = f"chardev '{chardev_label(chardev)}': " + summary
-    return Finding("deadlock", "error", summary, " ".join(detail), fix,
+    return Finding(ids.DEADLOCK, "error", summary, " ".join(detail), fix,
                    chardev=chardev_label(chardev), lwp=lwp, thread=num,
                    evidence={"cycle": [{"lwp": lwp, "mutex": ptr(mutex)}],
                              "self_deadlock": True})
@@ -335,7 +336,7 @@ def write_lock_held(facts):
             detail.append("Waiting for it: "
                           + "; ".join(t.describe(skip_locking=True) for t in waiters) + ".")
         out.append(Finding(
-            "write-lock-held", severity, summary, " ".join(detail), fix, chardev=label,
+            ids.WRITE_LOCK_HELD, severity, summary, " ".join(detail), fix, chardev=label,
             lwp=lock.owner_lwp, thread=owner.num if owner else None,
             evidence={"mutex": ptr(lock.address), "owner_lwp": lock.owner_lwp,
                       "locker": lock.locker, "waiters": [t.lwp for t in waiters]}))

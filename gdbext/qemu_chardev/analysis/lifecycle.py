@@ -4,7 +4,7 @@ Built on ``facts.objects`` (``model.liveness.ObjectLiveness``: every Chardev, QI
 QIOTask, GSource and QemuMutex the report reached, with its verdict and who holds it) and on
 ``facts.assertion`` (the failed assertion behind a SIGABRT).  No gdb imports.
 
-Finding ids:
+Finding ids (defined once, with their titles, in ``model.vocabulary``):
   chardev-use-after-free   error  the crashing thread used a finalized or freed Chardev
   channel-use-after-free   error  ... a QIOChannel
   qiotask-use-after-free   error  ... a QIOTask
@@ -13,14 +13,15 @@ Finding ids:
   chardev-crash            error  a crash in chardev, channel, task, GSource-dispatch or lock
                                   code that no other rule explains: what the frames touch
 """
+from qemu_chardev.model import vocabulary as ids
 from qemu_chardev.model.diagnosis import Finding
 from qemu_chardev.model.liveness import CHANNEL, CHARDEV, GSOURCE, MUTEX, TASK
 from qemu_chardev.model.qemu import frame_roles
 
-USE_AFTER_FREE_IDS = {CHARDEV: "chardev-use-after-free", CHANNEL: "channel-use-after-free",
-                      TASK: "qiotask-use-after-free", GSOURCE: "gsource-use-after-free",
-                      MUTEX: "mutex-use-after-destroy"}
-CHARDEV_CRASH = "chardev-crash"
+USE_AFTER_FREE_IDS = {CHARDEV: ids.CHARDEV_USE_AFTER_FREE, CHANNEL: ids.CHANNEL_USE_AFTER_FREE,
+                      TASK: ids.QIOTASK_USE_AFTER_FREE, GSOURCE: ids.GSOURCE_USE_AFTER_FREE,
+                      MUTEX: ids.MUTEX_USE_AFTER_DESTROY}
+CHARDEV_CRASH = ids.CHARDEV_CRASH
 # Frame roles that make a crash a crash "in chardev code" (model.qemu.frame_roles).
 CRASH_ROLES = frozenset({"chardev", "channel", "task", "gsource", "lock"})
 # How deep into the crashing stack the "touched" objects are looked for.

@@ -6,11 +6,12 @@ A bug is named only when every check holds; the finding lists each check with wh
 reader can tell a match from a guess.  The catalogue itself (fix titles, releases, which Debian
 QEMU has the bug) is ``model.upstream``.  No gdb imports.
 """
+from qemu_chardev.model import vocabulary
 from qemu_chardev.model.diagnosis import SIGABRT, SIGSEGV, Finding
 from qemu_chardev.model.liveness import CHANNEL, CHARDEV
 from qemu_chardev.model.upstream import CATALOGUE
 
-UPSTREAM_BUG = "known-upstream-bug"
+UPSTREAM_BUG = vocabulary.KNOWN_UPSTREAM_BUG
 
 
 class Check:

@@ -16,22 +16,22 @@ Nothing here touches gdb: every function takes plain values and is unit-tested d
 """
 import argparse
 import enum
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import List, Optional
 
 from qemu_chardev.model import qemu
 from qemu_chardev.model import stops
+from qemu_chardev.model import vocabulary
 from qemu_chardev.model.diagnosis import CRASH_SIGNAL_NAMES
 from qemu_chardev.model.objects import ptr
 
-DISCONNECT_DURING_WRITE = "disconnect-during-write"
-DISCONNECT_WITHOUT_LOCK = "disconnect-without-write-lock"
-CALLBACK_ON_FINALIZED = "callback-on-finalized-chardev"
-FINALIZED_WITH_PENDING_TASK = "finalized-with-pending-task"
-CRASH = "crash"
-SEVERITY = {DISCONNECT_DURING_WRITE: "error", DISCONNECT_WITHOUT_LOCK: "warning",
-            CALLBACK_ON_FINALIZED: "error", FINALIZED_WITH_PENDING_TASK: "error",
-            CRASH: "error"}
+# The event ids (``model.vocabulary``: the same vocabulary as the report's findings).
+DISCONNECT_DURING_WRITE = vocabulary.DISCONNECT_DURING_WRITE
+DISCONNECT_WITHOUT_LOCK = vocabulary.DISCONNECT_WITHOUT_WRITE_LOCK
+CALLBACK_ON_FINALIZED = vocabulary.CALLBACK_ON_FINALIZED_CHARDEV
+FINALIZED_WITH_PENDING_TASK = vocabulary.FINALIZED_WITH_PENDING_TASK
+CRASH = vocabulary.CRASH
+SEVERITY = {rule_id: vocabulary.rule(rule_id).severity for rule_id in vocabulary.WATCH_IDS}
 
 # Rare-path chardev callbacks (a connect completes, a handshake ends, the reconnect timer
 # fires) and the argument that carries their Chardev: each is checked, at its entry, to be
@@ -242,10 +242,13 @@ def plan_watches(chardevs, fields, free_registers):
 
 @dataclass
 class WatchEvent:
-    """One report: a teardown without the lock (or a crash seen while watching)."""
-    id: int
-    kind: str
-    reason: str
+    """One report: a teardown without the lock (or a crash seen while watching).
+
+    ``id`` is the rule (``model.vocabulary``, as a report finding's id), ``seq`` the event's
+    number in the session (1, 2, ...), ``reason`` its one-line summary.  The keywords of the
+    first version, ``WatchEvent(id=SEQ, kind=RULE, ...)``, are still accepted."""
+    id: object                 # the rule id (a str); an int here is the old ``seq``
+    reason: str = ""
     label: Optional[str] = None
     address: Optional[int] = None
     field_name: Optional[str] = None
@@ -263,20 +266,39 @@ class WatchEvent:
     core: Optional[str] = None
     time: Optional[float] = None
     problems: List[str] = field(default_factory=list)
+    seq: Optional[int] = None
+    kind: InitVar[Optional[str]] = None
+
+    def __post_init__(self, kind):
+        if kind is not None:            # WatchEvent(id=SEQ, kind=RULE): the old keywords
+            if self.seq is None and isinstance(self.id, int):
+                self.seq = self.id
+            self.id = kind
+        vocabulary.rule(self.id)        # ValueError for an id outside the vocabulary
 
     @property
     def severity(self):
-        return SEVERITY[self.kind]
+        return vocabulary.rule(self.id).severity
+
+    @property
+    def title(self):
+        return vocabulary.title(self.id)
+
+    @property
+    def summary(self):
+        return self.reason
 
     def to_json(self):
+        """One event: docs/event-log-schema.json (``kind`` and ``reason`` repeat ``id`` and
+        ``summary`` under their names of the first version, for older readers)."""
         values = {"old": self.old, "new": self.new}
         if self.field_name == STATE_FIELD:
             values = {k: state_name(v) for k, v in values.items()}
         elif self.field_name in POINTER_FIELDS:
             values = {k: ptr(v) for k, v in values.items()}
         return {
-            "id": self.id, "kind": self.kind, "severity": self.severity,
-            "reason": self.reason, "time": self.time,
+            "seq": self.seq, "id": self.id, "severity": self.severity, "title": self.title,
+            "summary": self.reason, "time": self.time,
             "chardev": {"label": self.label, "address": ptr(self.address)},
             "field": self.field_name, "old": values["old"], "new": values["new"],
             "lwp": self.lwp, "thread": self.thread, "thread_name": self.thread_name,
@@ -284,6 +306,7 @@ class WatchEvent:
             "lock": self.lock, "signal": self.signal,
             "stack": self.stack, "writer_stack": self.writer_stack,
             "core": self.core, "problems": self.problems,
+            "kind": self.id, "reason": self.reason,
         }
 
 
@@ -366,8 +389,9 @@ WATCH_OPTIONS = (
     ("--stop", dict(action="store_true",
                     help="stop at the first error and stay at the scene"), None),
     ("--json-log", dict(metavar="FILE",
-                        help="append one JSON object per event (id, kind, chardev label, lwp, "
-                             "writer_lwp, both stacks) to FILE"), str),
+                        help="append one JSON object per event (seq, id, severity, summary, "
+                             "chardev, lwp, writer_lwp, both stacks; docs/event-log-schema.json) "
+                             "to FILE"), str),
     ("--core-dir", dict(metavar="DIR", help="write a core (gcore) at each error into DIR"), str),
     ("--summary-json", dict(metavar="FILE",
                             help="write the final summary (counters, coverage, events) as "
@@ -479,7 +503,7 @@ class Decision:
 def decide_stop(stop, stop_on_error=False, first_error=None):
     """The watch loop's decision after one stop.
 
-    ``first_error`` is the id of the first error completed at this stop (or None); with
+    ``first_error`` names the first error completed at this stop (its id, or None); with
     ``stop_on_error`` (--stop) it ends the watch at the scene.  A crash, too, stays at the
     scene; a signal or a breakpoint that is not ours pauses the watch (still armed, for the
     user to look); the process exiting, Ctrl-C, our own SIGINT (duration, control fd) or an

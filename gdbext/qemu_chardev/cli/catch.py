@@ -22,12 +22,13 @@ Options (LABEL... and the watch options are those of `qemu watch-disconnect`, by
 names; it is given them as they are):
   LABEL...             watch only these chardevs (also when created later)
   --duration SECONDS   stop watching after SECONDS (default: until Ctrl-C or QEMU exits)
-  --json-log FILE      write one JSON object per event (id, kind, chardev label, lwp,
-                       writer_lwp, both stacks); the file is truncated first
+  --json-log FILE      write one JSON object per event (seq, id, severity, title, summary,
+                       chardev, lwp, writer_lwp, both stacks: docs/event-log-schema.json,
+                       the ids those of the report's findings); the file is truncated first
   --stop               stop at the first error and leave gdb at the scene (interactive gdb
                        when run on a terminal; otherwise the scene is printed, and gdb then
                        detaches)
-  --core-dir DIR       write a core (gcore) at each error into DIR (created if missing)
+  --core-dir DIR       write a core (gcore) at each error into DIR (created 0700 if missing)
   --summary-json FILE  write the final summary (counters, coverage, events) as JSON
   --quiet              print errors only (warnings still go to --json-log)
   --fields, --max-debug-registers   see `help qemu watch-disconnect`
@@ -37,8 +38,12 @@ On the end of the duration, Ctrl-C (or SIGTERM), QEMU's exit or the end of this 
 parent, every breakpoint and watchpoint is removed and gdb detaches (`qemu watch-disconnect
 --finish`): QEMU goes on running.
 
+A core holds the guest's memory, keys and QMP traffic: cores, the JSON log and the summary
+are created 0600 (gdb runs with a umask of at least 077), and a --core-dir it creates is 0700.
+
 Exit status: 0 no error caught (warnings do not count), 1 at least one error caught,
-2 bad input (no such process, already traced, command not found, gdb failed to watch).
+2 bad input (no such process, already traced, command not found, gdb missing, too old or
+without Python, gdb failed to watch).
 
 Runs with /usr/bin/python3, the standard library and the extension's gdb-free modules.
 """
@@ -51,11 +56,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 from qemu_chardev.analysis import watch as watch_options
 from qemu_chardev.cli import gdbload
 PROG = "catch-disconnect-during-write"
 EXIT_OK, EXIT_ERRORS, EXIT_BAD_INPUT = 0, 1, 2
+PRIVATE_UMASK = 0o077         # what we and gdb write holds guest memory: owner only
+PROBE_MARK = "@@QCG-GDB-READY@@"
+PROBE_TIMEOUT = 60.0
+STDERR_TAIL = 200             # lines of gdb's stderr kept to explain a failure
 GDB_SETTINGS = ("set pagination off", "set confirm off", "set width 0", "set height 0",
                 "set debuginfod enabled off", "set print thread-events off",
                 "set print inferior-events off")
@@ -102,7 +112,7 @@ def validate(args):
     for label in args.labels:
         if not label or any(c.isspace() for c in label):
             raise BadInput(f"LABEL {label!r}: not a chardev id")
-    problem = gdbload.check_gdb(args.gdb)
+    problem = gdbload.check_gdb(args.gdb) or probe_gdb(args.gdb)
     if problem:
         raise BadInput(problem)
     if args.pid is not None:
@@ -129,7 +139,7 @@ def validate(args):
         args.executable = found
     if args.core_dir:
         try:
-            os.makedirs(args.core_dir, exist_ok=True)
+            os.makedirs(args.core_dir, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise BadInput(f"--core-dir {args.core_dir}: {exc}") from None
         if not os.access(args.core_dir, os.W_OK):
@@ -145,9 +155,61 @@ def validate(args):
     if args.json_log:
         args.json_log = os.path.abspath(args.json_log)
         try:
-            open(args.json_log, "w", encoding="utf-8").close()
+            create_private(args.json_log)
         except OSError as exc:
             raise BadInput(f"--json-log {args.json_log}: {exc}") from None
+
+
+def create_private(path):
+    """Create (or truncate) ``path`` as an empty file readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)          # an existing file keeps its mode otherwise
+    finally:
+        os.close(fd)
+
+
+def private_umask():
+    """Tighten this process's umask (inherited by gdb, so by its gcore) to at least 077."""
+    old = os.umask(PRIVATE_UMASK)
+    os.umask(old | PRIVATE_UMASK)
+    return old
+
+
+def probe_gdb(gdb):
+    """One line saying why ``gdb`` cannot run the extension (no Python, too old, cannot
+    import it), or None: before anything is attached to QEMU."""
+    # One python command: the mark is printed only if the extension started.
+    argv = [gdb, "-nx", "-q", "-batch",
+            "-ex", gdbload.load_command() + f'; print("{PROBE_MARK}")']
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=PROBE_TIMEOUT, start_new_session=True)
+    except OSError as exc:
+        return f"cannot run gdb {gdb}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        return f"gdb {gdb} did not start within {PROBE_TIMEOUT:g} s"
+    out = done.stdout.decode("utf-8", "replace")
+    err = done.stderr.decode("utf-8", "replace")
+    if PROBE_MARK in out and done.returncode == 0:
+        return None
+    return gdbload.explain_gdb_failure(gdb, err + "\n" + out) or \
+        f"gdb {gdb} cannot load the extension: " + (
+            next((line.strip() for line in reversed(err.splitlines()) if line.strip()),
+                 f"exit status {done.returncode}"))
+
+
+def _tee(stream, tail):
+    """Copy gdb's stderr to ours line by line, keeping the last lines in ``tail``."""
+    for raw in iter(stream.readline, b""):
+        try:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        tail.append(raw.decode("utf-8", "replace"))
+        del tail[:-STDERR_TAIL]
+    stream.close()
 
 
 def _quote(word):
@@ -184,6 +246,7 @@ def gdb_argv(args, control_fd, interactive):
 
 
 def main(argv):
+    private_umask()
     try:
         args = parse_args(argv)
         validate(args)
@@ -204,11 +267,17 @@ def main(argv):
         print(" ".join(shlex.quote(a) for a in argv), file=sys.stderr)
     try:
         proc = subprocess.Popen(argv, stdin=None if interactive else subprocess.DEVNULL,
+                                stderr=None if interactive else subprocess.PIPE,
                                 pass_fds=() if control_r is None else (control_r,),
                                 start_new_session=not interactive)
     except OSError as exc:
         print(f"{PROG}: cannot start gdb: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    stderr_tail = []
+    tee = None
+    if proc.stderr is not None:
+        tee = threading.Thread(target=_tee, args=(proc.stderr, stderr_tail), daemon=True)
+        tee.start()
     if control_r is not None:
         os.close(control_r)
     requests = []
@@ -232,14 +301,17 @@ def main(argv):
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
     status = proc.wait()
+    if tee is not None:
+        tee.join(10)
     if control_w is not None:
         os.close(control_w)
     try:
         with open(summary_path, encoding="utf-8") as handle:
             summary = json.load(handle)
     except (OSError, ValueError):
-        print(f"{PROG}: gdb did not complete the watch (exit status {status}); "
-              "see its messages above", file=sys.stderr)
+        why = gdbload.explain_gdb_failure(args.gdb, "".join(stderr_tail))
+        print(f"{PROG}: " + (why or f"gdb did not complete the watch (exit status {status}); "
+                             "see its messages above"), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
         return EXIT_BAD_INPUT
     shutil.rmtree(workdir, ignore_errors=True)

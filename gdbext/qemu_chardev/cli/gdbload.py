@@ -83,9 +83,11 @@ _GDB_FAILURES = (
 
 
 def explain_gdb_failure(gdb, stderr):
-    """A one-line reason for a gdb that could not run the extension, from its stderr."""
-    for line in stderr.splitlines():
+    """A one-line reason for a gdb that could not run the extension, from its stderr (None
+    when stderr says nothing of the kind).  Our own too-old message is given as it is, without
+    the "gdb.GdbError: " or "Python Exception ..." gdb puts in front of it."""
+    for line in (stderr or "").splitlines():
         for needle, message in _GDB_FAILURES:
             if needle in line:
-                return message.format(gdb=gdb) if message else line.strip()
+                return message.format(gdb=gdb) if message else line[line.index(needle):].strip()
     return None

@@ -173,19 +173,24 @@ def expand_inputs(paths):
 
 
 def decompress(path, ext, workdir, timeout):
-    """Decompress ``path`` into ``workdir``; returns the new file's path."""
+    """Decompress ``path`` into ``workdir`` (a 0700 mkdtemp); returns the new file's path.
+    The copy holds the guest's memory: it is created 0600, whatever the umask."""
     out = os.path.join(workdir, os.path.basename(path)[:-len(ext)] or "core")
+
+    def _private_file(name):
+        return os.fdopen(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
     command = COMPRESSED[ext][1]
     if command is None:
         try:
-            with lzma.open(path, "rb") as src, open(out, "wb") as dst:
+            with lzma.open(path, "rb") as src, _private_file(out) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except (lzma.LZMAError, EOFError) as exc:
             raise Unusable(f"cannot decompress ({exc})") from None
         return out
     if shutil.which(command[0]) is None:
         raise Unusable(f"cannot decompress {ext} cores: {command[0]} is not installed")
-    with open(out, "wb") as dst:
+    with _private_file(out) as dst:
         proc = subprocess.Popen(command + [path], stdout=dst, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         CLEANUP.started(proc)
@@ -228,9 +233,12 @@ def run_gdb(args, core, timeout):
     """The report dict gdb printed for ``core``; Unusable if none came back complete."""
     env = dict(os.environ, NO_COLOR="1")
     env.pop("DEBUGINFOD_URLS", None)
-    proc = subprocess.Popen(gdb_argv(args, core), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen(gdb_argv(args, core), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    except OSError as exc:
+        raise Unusable(f"cannot run gdb {args.gdb}: {exc.strerror or exc}") from None
     CLEANUP.started(proc)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -243,11 +251,14 @@ def run_gdb(args, core, timeout):
     stderr = stderr.decode("utf-8", "replace")
     died = f"gdb crashed (signal {-proc.returncode})" if proc.returncode < 0 else None
     start = stdout.find(BEGIN + "\n")
-    if start < 0:
-        why = died or _reason_from_stderr(stderr) or "no output"
+    # gdb without Python, too old, or unable to import the package: one line that says so
+    # (a too-old gdb still prints the markers: `-batch` goes on after the failed load)
+    unfit = None if died else gdbload.explain_gdb_failure(args.gdb, stderr)
+    end = stdout.find(END + "\n", start + len(BEGIN) + 1) if start >= 0 else -1
+    if start < 0 or (unfit and (end < 0 or not stdout[start + len(BEGIN) + 1:end].strip())):
+        why = died or unfit or _reason_from_stderr(stderr) or "no output"
         raise Unusable(f"gdb did not run the diagnosis: {why}")
     start += len(BEGIN) + 1
-    end = stdout.find(END + "\n", start)
     if end < 0:
         if "Fatal signal" in stderr:
             died = died or "gdb crashed (fatal signal inside gdb)"

@@ -3,7 +3,11 @@
 ``EventSink`` numbers the events, prints each (errors always, the rest unless quiet), appends
 it to ``--json-log`` and, for errors, writes a core with ``gcore`` into ``--core-dir``; it
 writes the summary object to ``--summary-json``.  It decides nothing about what an event is.
+
+A core holds the guest's memory, keys and QMP traffic: what the sink creates (cores, the JSON
+log, the summary) is created 0600, whatever gdb's umask (``gcore`` runs under a umask of 077).
 """
+import contextlib
 import json
 import os
 
@@ -29,12 +33,17 @@ class EventSink:
         self._log = None
 
     def open(self):
-        """Check --core-dir and open --json-log (QcgError: nothing was opened)."""
+        """Check --core-dir (created 0700 if missing) and open --json-log (QcgError:
+        nothing was opened)."""
         if self.core_dir and not os.path.isdir(self.core_dir):
-            raise QcgError(f"--core-dir {self.core_dir}: not a directory")
+            try:
+                with private_umask():
+                    os.makedirs(self.core_dir, mode=0o700)
+            except OSError as exc:
+                raise QcgError(f"--core-dir {self.core_dir}: {exc.strerror}") from None
         if self.json_log_path:
             try:
-                self._log = open(self.json_log_path, "a", encoding="utf-8")
+                self._log = open_private(self.json_log_path, "a")
             except OSError as exc:
                 raise QcgError(f"cannot open --json-log {self.json_log_path}: {exc}") from None
 
@@ -58,12 +67,14 @@ class EventSink:
     # --- events ----------------------------------------------------------------------------
 
     def new_id(self):
-        """The id of the next event (ids are given in the order events are found)."""
-        event_id = self._next_id
+        """The ``seq`` of the next event (numbered in the order events are found)."""
+        seq = self._next_id
         self._next_id += 1
-        return event_id
+        return seq
 
     def record(self, event):
+        if event.seq is None:
+            event.seq = self.new_id()
         self.events.append(event)
         obj = event.to_json()
         if self._log is not None:
@@ -78,13 +89,20 @@ class EventSink:
         """A core of the process as it is now, for ``event`` (with --core-dir)."""
         if not self.core_dir:
             return
-        path = os.path.join(self.core_dir, f"core.{pid}.{event.id}")
+        if event.seq is None:
+            event.seq = self.new_id()
+        path = os.path.join(self.core_dir, f"core.{pid}.{event.seq}")
         try:
-            gdb.execute(f"gcore {path}", to_string=True)
+            with private_umask():
+                gdb.execute(f"gcore {path}", to_string=True)
         except gdb.error as exc:
             event.problems.append(f"gcore failed: {exc}")
             return
         if os.path.isfile(path):
+            try:
+                os.chmod(path, 0o600)       # a file that was there keeps its mode otherwise
+            except OSError as exc:
+                event.problems.append(f"cannot make {path} private: {exc.strerror}")
             event.core = path
         else:
             event.problems.append(f"gcore wrote no {path}")
@@ -95,6 +113,27 @@ class EventSink:
         if not self.summary_path:
             return
         tmp = self.summary_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
+        with open_private(tmp, "w") as out:
             out.write(to_json_text(summary))
         os.replace(tmp, self.summary_path)
+
+
+@contextlib.contextmanager
+def private_umask():
+    """gdb's umask tightened to at least 077 for the block (gcore creates its file itself)."""
+    old = os.umask(0o077)
+    os.umask(old | 0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def open_private(path, mode):
+    """``open(path, mode)`` ("a" or "w") for text, created 0600.  A file rewritten ("w") is
+    made 0600 too; a log appended to keeps the mode its owner gave it."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    if mode != "a":
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode, encoding="utf-8")

@@ -12,6 +12,7 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the mod
 import importlib.util
 
 from qemu_chardev.model import glib
+from qemu_chardev.model.text import printable
 
 # pygments costs tens of milliseconds to import: only do it when something is highlighted.
 _HAVE_PYGMENTS = importlib.util.find_spec("pygments") is not None
@@ -19,7 +20,6 @@ _HAVE_PYGMENTS = importlib.util.find_spec("pygments") is not None
 MISSING_OPTIONAL = [name for name, present in (("tabulate", _tabulate is not None),
                                                ("pygments", _HAVE_PYGMENTS)) if not present]
 
-from qemu_chardev.model.text import printable
 
 def _highlight(text, lexer_name):
     """``text`` highlighted for a terminal, or None without pygments."""

@@ -1,6 +1,9 @@
-"""Text rendering of the GSource census and refcount traces (no gdb imports)."""
+"""Text rendering of the GSource census and refcount traces (no gdb imports).
+
+A GSource's name is read from the target: it is shown ``printable`` (``model.text``)."""
 from qemu_chardev.analysis import trace as ta
 from qemu_chardev.model import glib
+from qemu_chardev.model.text import printable
 from qemu_chardev.render.base import GSOURCE_STATE_COLOURS, SEVERITY_COLOURS, paint, table
 
 # A scan finds many freed sources in the heap, harmless by themselves: not alarming here.
@@ -24,6 +27,7 @@ def census_text(census, colour=False, show_all=False):
              f"  scanned {_mib(census.bytes_scanned)} of writable memory in "
              f"{census.regions_scanned} regions, {census.seconds:.2f} s ({rate:.0f} MiB/s); "
              f"{len(census.anchors)} GSourceFuncs anchors",
+             *skipped_lines(census.skipped),
              "  " + ", ".join(paint(f"{state} {counts[state]}", _STATE_COLOURS.get(state)
                                     if counts[state] and state in (glib.LEAKED, glib.INVALID)
                                     else None, colour)
@@ -41,7 +45,7 @@ def census_text(census, colour=False, show_all=False):
                            [[f"0x{r.address:x}", r.funcs_name or f"0x{r.funcs:x}",
                              r.ref_count, r.priority, census.contexts.get(
                                  r.context, f"0x{r.context:x}" if r.context else "NULL"),
-                             r.name or "-", r.origin] for r in leaked]))
+                             printable(r.name) or "-", r.origin] for r in leaked]))
     if show_all and total:
         lines += ["", "Every source:", source_table(census.records, colour)]
     found = census.findings()
@@ -51,9 +55,20 @@ def census_text(census, colour=False, show_all=False):
 
 def groups_table(groups):
     """Sources grouped by funcs, callback and name, one column per state."""
-    rows = [[g["funcs"], g["callback"], g["name"],
+    rows = [[g["funcs"], g["callback"], printable(g["name"]),
              *[g[state] or "" for state in GROUP_COLUMNS], g["total"]] for g in groups]
     return table(["FUNCS", "CALLBACK", "NAME", *GROUP_HEADERS, "TOTAL"], rows)
+
+
+def skipped_lines(skipped):
+    """One line on the memory the census did not scan (guest RAM, TCG code), if any."""
+    if not skipped:
+        return []
+    by_what = {}
+    for span in skipped:
+        by_what[span["what"]] = by_what.get(span["what"], 0) + span["bytes"]
+    return ["  not scanned (QEMU says it is not heap): "
+            + ", ".join(f"{what} {_mib(count)}" for what, count in by_what.items())]
 
 
 def census_section_text(section, colour=False):
@@ -62,7 +77,7 @@ def census_section_text(section, colour=False):
     head = (f"GSource census: {_mib(section.get('bytes_scanned') or 0)} of writable memory in "
             f"{section.get('regions_scanned')} regions, {section.get('seconds')} s; "
             + ", ".join(f"{state} {counts.get(state, 0)}" for state in glib.STATES))
-    lines = [head]
+    lines = [head] + skipped_lines(section.get("skipped"))
     if section.get("groups"):
         lines.append(groups_table(section["groups"]))
     leaked = section.get("leaked") or []
@@ -77,7 +92,8 @@ def source_table(records, colour=False):
         rows.append([f"0x{r.address:x}", paint(r.state, _STATE_COLOURS.get(r.state), colour),
                      r.ref_count, f"0x{r.flags:x}", f"0x{r.context:x}" if r.context else "NULL",
                      r.source_id, r.priority, r.funcs_name or f"0x{r.funcs:x}",
-                     r.callback_name or "-", r.name or "-", "; ".join(r.owners) or "-"])
+                     r.callback_name or "-", printable(r.name) or "-",
+                     printable("; ".join(r.owners)) or "-"])
     return table(["ADDRESS", "STATE", "REF", "FLAGS", "CONTEXT", "ID", "PRIO", "FUNCS",
                   "CALLBACK", "NAME", "OWNERS"], rows)
 
@@ -86,9 +102,9 @@ def findings_text(found, colour=False):
     out = []
     for f in found:
         head = paint(f.severity, SEVERITY_COLOURS.get(f.severity), colour)
-        out.append(f"{head} {f.id}: {f.summary}")
-        out.append(f"    {f.detail}")
-        out.append(f"    fix: {f.fix}")
+        out.append(f"{head} {f.id}: {printable(f.summary)}")
+        out.append(f"    {printable(f.detail)}")
+        out.append(f"    fix: {printable(f.fix)}")
     return "\n".join(out)
 
 

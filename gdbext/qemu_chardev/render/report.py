@@ -320,6 +320,7 @@ def _indent(block, prefix="  "):
 
 def text_many(reports, colour=False):
     """Several reports one after the other, then a one-line summary per core."""
+    reports = [printable_tree(r) for r in reports]
     parts = [text(r, colour) for r in reports]
     summary = [render.paint("Summary", "bold", colour)]
     for report in reports:
@@ -327,7 +328,6 @@ def text_many(reports, colour=False):
             f"not analysed: {report['error']}" if report.get("error") else
             f"{verdict(report)} ({counts_text(report)})"))
     sep = "\n\n" + "=" * 78 + "\n\n"
-    reports = [printable_tree(r) for r in reports]
     return sep.join(parts) + "\n\n" + "\n".join(summary)
 
 
@@ -445,6 +445,7 @@ def junit(reports, suite="chardev-postmortem"):
     """JUnit XML: one testcase per core, one <failure> per error finding, an <error> for a
     core that could not be analysed.  Counts follow the Jenkins/GitLab JUnit schema:
     ``tests`` testcases, ``failures`` failure elements, ``errors`` error elements."""
+    reports = [printable_tree(r) for r in reports]
     failures = errors = 0
     total_time = 0.0
     cases = []
@@ -452,7 +453,6 @@ def junit(reports, suite="chardev-postmortem"):
         post = report.get("postmortem") or {}
         seconds = float(post.get("seconds") or 0.0)
         total_time += seconds
-    reports = [printable_tree(r) for r in reports]
         binary = ((report.get("target") or {}).get("binary") or "qemu").rsplit("/", 1)[-1]
         case = ET.Element("testcase", {"classname": f"{suite}.{binary}",
                                        "name": _xml_text(report_name(report)),

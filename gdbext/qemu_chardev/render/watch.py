@@ -1,7 +1,10 @@
-"""Text for `qemu watch-disconnect`: coverage table, event reports, summaries (no gdb)."""
+"""Text for `qemu watch-disconnect`: coverage table, event reports, summaries (no gdb).
+
+Labels and thread names come from the target: everything shown is ``printable``
+(``model.text``)."""
+from qemu_chardev.model.text import printable, printable_tree
 from qemu_chardev.render import base as render
-from qemu_chardev.analysis.watch import (CALLBACK_ON_FINALIZED, FINALIZED_WITH_PENDING_TASK,
-                                         SEVERITY)
+from qemu_chardev.analysis.watch import CALLBACK_ON_FINALIZED, CRASH, FINALIZED_WITH_PENDING_TASK
 
 LIFECYCLE_KINDS = (CALLBACK_ON_FINALIZED, FINALIZED_WITH_PENDING_TASK)
 
@@ -23,7 +26,7 @@ def coverage_table(rows, colour=False):
             how = render.paint("no debug register left: breakpoint on tcp_chr_free_connection",
                                "yellow", colour)
             regs = "0"
-        out.append([row["label"] or "?", f"0x{row['address']:x}", how, regs])
+        out.append([printable(row["label"]) or "?", f"0x{row['address']:x}", how, regs])
     return render.table(["CHARDEV", "ADDRESS", "WATCHED BY", "DEBUG REGS"], out)
 
 
@@ -41,20 +44,21 @@ def stack_lines(frames, limit=STACK_LINES, indent="      "):
 
 def event_block(event, colour=False, brief=False):
     """The report of one WatchEvent (from ``WatchEvent.to_json()``)."""
-    severity = SEVERITY[event["kind"]]
-    head = render.paint(f"[{event['id']}] {severity.upper()} {event['kind']}",
+    event = printable_tree(event)
+    severity = event["severity"]
+    head = render.paint(f"[{event['seq']}] {severity.upper()} {event['id']}",
                         "red" if severity == "error" else "yellow", colour)
     chardev = event["chardev"]
     label = chardev["label"] if chardev["label"] is not None else "?"
-    lines = [f"{PREFIX}: {head}: chardev {label!r} ({chardev['address']})"]
-    lines.append(f"  {event['reason']}")
+    lines = [f"{PREFIX}: {head}: chardev '{label}' ({chardev['address']})"]
+    lines.append(f"  {event['summary']}")
     who = f"LWP {event['lwp']}"
     if event.get("thread") is not None:
         who += f" (thread {event['thread']}"
         who += f" \"{event['thread_name']}\")" if event.get("thread_name") else ")"
-    if event["kind"] == "crash":
+    if event["id"] == CRASH:
         lines.append(f"  crashing thread {who}, signal {event.get('signal')}:")
-    elif event["kind"] in LIFECYCLE_KINDS:
+    elif event["id"] in LIFECYCLE_KINDS:
         lines.append(f"  thread {who}:")
     else:
         lines.append(f"  disconnecting thread {who}:")
@@ -74,6 +78,7 @@ def event_block(event, colour=False, brief=False):
 
 
 def summary_line(summary):
+    summary = printable_tree(summary)
     c = summary["counters"]
     text = (f"{PREFIX}: {summary['reason']}; {c['errors']} error(s), {c['warnings']} "
             f"warning(s); saw {c['teardowns']} teardown(s) ({c['locked_teardowns']} with the "

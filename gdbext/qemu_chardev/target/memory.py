@@ -292,7 +292,8 @@ class Memory:
         return int.from_bytes(self.read(address, 4, what), "little")
 
     def cstring(self, address, limit=256, what="string"):
-        """A NUL-terminated string (at most ``limit`` bytes); None for NULL; '?' if unreadable."""
+        """A NUL-terminated string (at most ``limit`` bytes); None for NULL; '?' if unreadable.
+        An invalid UTF-8 byte reads as ``\\xNN`` (``model.text``: shown escaped, valid JSON)."""
         if not address:
             return None
         out = b""
@@ -304,12 +305,12 @@ class Memory:
                 piece = self.read(address + len(out), step, what)
                 nul = piece.find(b"\0")
                 if nul >= 0:
-                    return (out + piece[:nul]).decode("utf-8", "replace")
+                    return (out + piece[:nul]).decode("utf-8", "backslashreplace")
                 out += piece
         except TargetReadError:
             if not out:
                 raise
-        return out.decode("utf-8", "replace") + "..."
+        return out.decode("utf-8", "backslashreplace") + "..."
 
 
 def symbol_address(name):
