@@ -32,5 +32,7 @@ as scripts/chardev-postmortem collects it."""
 
     def run(self, args, snap):
         obj = report.build_report(snap, ("gsource_census",) if args.no_census else ())
+        if args.json:       # the text is not printed: do not render it (tables, colour)
+            return None, obj
         # The base class appends snap.problems under the text; do not list them twice.
         return report_render.text(obj, args.colour, show_problems=False), obj

@@ -126,6 +126,7 @@ class Layout:
         self.size = self.type.sizeof
         self.name = str(gdb_type)
         self._fields = {}
+        self._top = None
 
     @classmethod
     def of(cls, *names):
@@ -154,12 +155,11 @@ class Layout:
         return self.field(path) is not None
 
     def top_level_fields(self):
-        """(name, Field) for each named top-level member, in declaration order."""
-        out = []
-        for f in self.type.fields():
-            if f.name:
-                out.append((f.name, self.field(f.name)))
-        return out
+        """(name, Field) for each named top-level member, in declaration order (computed once
+        per layout: ``Type.fields()`` is slow, and lists call this once per object)."""
+        if self._top is None:
+            self._top = tuple((f.name, self.field(f.name)) for f in self.type.fields() if f.name)
+        return list(self._top)
 
 
 def _resolve(stripped, parts, base_bits):
