@@ -32,6 +32,7 @@ Runs with /usr/bin/python3 and the standard library only (tabulate and pygments 
 for nicer text when installed).
 """
 import argparse
+import compileall
 import concurrent.futures
 import lzma
 import os
@@ -224,7 +225,6 @@ def fresh_bytecode():
         if _bytecode_checked:
             return
         _bytecode_checked.append(True)
-        import compileall
         try:
             compileall.compile_dir(os.path.join(gdbload.package_parent(), "qemu_chardev"),
                                    quiet=2)
