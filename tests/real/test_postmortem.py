@@ -118,9 +118,9 @@ def test_compressed_cores_are_read_and_the_temporary_file_removed(race, ext, tmp
 
 
 def test_unusable_inputs_get_one_line_reasons_and_the_rest_is_analysed(race, tmp_path):
-    truncated = tmp_path / "truncated.core"
+    truncated = tmp_path / "truncated.core"   # cut in its program headers: nothing to read
     with open(race.path, "rb") as src, open(truncated, "wb") as dst:
-        dst.write(src.read(os.path.getsize(race.path) // 2))
+        dst.write(src.read(1000))
     text = tmp_path / "readme.core"
     text.write_text("hello\n")
     sleep = pm.other_program_core()

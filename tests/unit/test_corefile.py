@@ -94,11 +94,14 @@ def test_build_id_from_the_cores_first_page(tmp_path):
     notes = core_notes(files=[(0x555500000000, 0x555500001000, 0, QSD)])
     path = eb.core(notes, loads=[(0x555500000000, eb.PF_R, exe_page)]).write(tmp_path / "c")
     assert corefile.read_core(str(path)).executable_build_id == BUILD_ID
-    # the page cut off by the end of the file (the core is refused as truncated anyway)
+    # the page cut off by the end of the file: no build-id from it, the core says it is cut
     data = path.read_bytes()
     cut = tmp_path / "cut"
     cut.write_bytes(data[:-2048])
-    refused(cut, f"truncated ({len(data) - 2048} of {len(data)} bytes)")
+    info = corefile.read_core(str(cut))
+    assert info.executable_build_id is None
+    assert info.truncated == f"truncated ({len(data) - 2048} of {len(data)} bytes)"
+    assert info.missing == [(0x555500000000 + 4096 - 2048, 0x555500000000 + 4096)]
 
 
 def test_build_id_note_outside_the_dumped_page(tmp_path):
@@ -130,11 +133,18 @@ def test_notes_of_other_owners_and_short_descriptors_are_ignored(tmp_path):
 
 # --- bad input: one clean line, never a traceback -----------------------------------------
 
-def test_truncated_segments(core, tmp_path):
+def test_truncated_segments_are_analysed_with_their_missing_ranges(core, tmp_path):
+    """A core cut short after its notes is usable (its threads are all there); what it
+    lacks is said as address ranges, not refused."""
     data = core.read_bytes()
     cut = tmp_path / "cut"
     cut.write_bytes(data[:-100])
-    refused(cut, f"truncated ({len(data) - 100} of {len(data)} bytes)")
+    info = corefile.read_core(str(cut))
+    assert info.truncated == f"truncated ({len(data) - 100} of {len(data)} bytes)"
+    assert info.lwps and info.missing and all(e - s > 0 for s, e in info.missing)
+    assert sum(e - s for s, e in info.missing) == 100
+    assert corefile.read_core(str(core)).truncated is None
+    assert corefile.read_core(str(core)).missing == []
 
 
 def test_truncated_notes(tmp_path):

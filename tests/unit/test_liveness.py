@@ -81,6 +81,25 @@ def test_gsource_and_task_and_mutex_verdicts():
     assert judge.judge_gsource(src, 0, 1, 0x1000, 0).verdict == DAMAGED  # ref 0, chunk in use
     src = ObjectLiveness(address=ADDR, kind="gsource")
     assert judge.judge_gsource(src, 0, 1, 0x1000, 0).verdict == FREED      # no chunk facts
+    task = None
+
+
+def test_a_gsource_with_a_zero_count_and_intact_fields_is_damage_not_a_free():
+    """GLib frees and NULLs priv before it frees a source: ref_count 0 with priv still set
+    and a chunk the allocator does not call free is a damaged count (the false
+    gsource-use-after-free of issue #8's campaign)."""
+    src = ObjectLiveness(address=ADDR, kind="gsource")
+    damaged = judge.judge_gsource(src, 0, 1, 0x1000, 0, priv=0x5555_0000_1000)
+    assert damaged.verdict == DAMAGED and not damaged.dead
+    assert any("damage, not a free" in e for e in damaged.evidence)
+    src = ObjectLiveness(address=ADDR, kind="gsource")
+    assert judge.judge_gsource(src, 0, 1, 0x1000, 0, priv=0).verdict == FREED
+    src = ObjectLiveness(address=ADDR, kind="gsource")
+    src.chunk = judge.judge_chunk(freed_chunk(), 96)
+    assert judge.judge_gsource(src, 0, 1, 0x1000, 0, priv=0x5555_0000_1000).verdict == FREED
+
+
+def test_task_and_mutex_verdicts():
     task = ObjectLiveness(address=ADDR, kind="task")
     task.chunk = judge.judge_chunk(freed_chunk(), 64)
     assert judge.judge_task(task, None).verdict == FREED

@@ -91,8 +91,12 @@ def judge_qom(obj, type_names, ref, dead_signs=()):
     return obj
 
 
-def judge_gsource(obj, ref_count, flags, context, priority):
-    """Verdict of a GSource into ``obj``: GLib frees a source when its count reaches 0."""
+def judge_gsource(obj, ref_count, flags, context, priority, priv=None):
+    """Verdict of a GSource into ``obj``: GLib frees a source when its count reaches 0.
+
+    ``priv`` (when read): g_source_unref() frees ``priv`` and NULLs it before it frees the
+    source, so a ref_count-0 source whose ``priv`` is still set, in a chunk the allocator does
+    not call free, is a damaged count, not a free."""
     state = glib.gsource_state(ref_count, flags, context, priority)
     obj.evidence.append(f"GSource {state} (ref_count {ref_count}, flags 0x{flags or 0:x})"
                         if state != glib.UNREADABLE else "GSource unreadable")
@@ -102,7 +106,12 @@ def judge_gsource(obj, ref_count, flags, context, priority):
     if state == glib.UNREADABLE:
         obj.verdict = UNREADABLE
     elif state == glib.FREED:
-        obj.verdict = DAMAGED if chunk_state == CHUNK_IN_USE else FREED
+        intact = chunk_state != CHUNK_FREE and priv
+        obj.verdict = DAMAGED if chunk_state == CHUNK_IN_USE or intact else FREED
+        if intact and chunk_state != CHUNK_IN_USE:
+            obj.evidence.append(f"ref_count 0 but priv 0x{priv:x} is still set (GLib clears it "
+                                "before freeing a source) and its chunk is not free: damage, "
+                                "not a free")
     elif state == glib.INVALID:
         obj.verdict = FREED if chunk_state == CHUNK_FREE else DAMAGED
     else:

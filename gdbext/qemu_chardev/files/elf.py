@@ -115,6 +115,19 @@ class CoreInfo:
     executable_build_id: Optional[str] = None
     lwps: List[int] = field(default_factory=list)
     signal: Optional[int] = None           # pr_cursig of the first thread (the dumping one)
+    # A core cut short after its notes: its size, the size its program headers promise, and
+    # the address ranges [(start, end)] whose bytes the file lacks (empty when complete).
+    file_size: Optional[int] = None
+    expected_size: Optional[int] = None
+    missing: List[Tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def truncated(self):
+        """"truncated (N of M bytes)" for a core cut short after its notes, else None."""
+        if self.expected_size is None or self.file_size is None \
+                or self.file_size >= self.expected_size:
+            return None
+        return f"truncated ({self.file_size} of {self.expected_size} bytes)"
 
 
 @dataclass
@@ -147,6 +160,25 @@ class CoreLayout:
     mappings: List[Tuple[int, int, int, str]]
     info: CoreInfo                         # what the notes say (executable fields not set)
     note_problem: Optional[str] = None     # a PT_NOTE cut off or oversized (read in part)
+
+    def missing_ranges(self):
+        """[(start, end)] of the memory the program headers promise and the file lacks."""
+        return missing_ranges(self.loads)
+
+
+def missing_ranges(loads):
+    """[(start, end)] address ranges of PT_LOAD bytes cut off by the end of the file,
+    adjacent ranges merged."""
+    out = []
+    for seg in sorted(loads, key=lambda s: s.vaddr):
+        if seg.present >= seg.filesz:
+            continue
+        start, end = seg.vaddr + seg.present, seg.vaddr + seg.filesz
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def _fail(path, reason):
@@ -391,7 +423,10 @@ def core_layout(path):
 
 
 def read_core(path):
-    """A CoreInfo for the core file at ``path``; ElfError if it is not a usable ELF core."""
+    """A CoreInfo for the core file at ``path``; ElfError if it is not a usable ELF core
+    (no ELF core header, program headers or notes cut off, no thread notes).  A core cut
+    short after its notes is still usable: ``info.truncated`` and ``info.missing`` say what
+    it lacks."""
     with open(path, "rb") as handle:
         elf = _open(handle, path)
         layout = _read_layout(elf, path)
@@ -403,9 +438,10 @@ def read_core(path):
         if layout.mappings:
             info.executable = _main_executable(layout.mappings, info.program)
             info.executable_build_id = _core_build_id(elf, layout, info.executable)
-        last_end = max((s.offset + s.filesz for s in layout.loads), default=0)
-        if last_end > layout.file_size:
-            _fail(path, f"truncated ({layout.file_size} of {last_end} bytes)")
+        info.file_size = layout.file_size
+        info.expected_size = max([layout.file_size] + [s.offset + s.filesz
+                                                       for s in layout.loads])
+        info.missing = layout.missing_ranges()
     return info
 
 

@@ -241,6 +241,58 @@ def new_target(kind, binary=None, core=None, pid=None, build_id=None, qemu_versi
             "qemu_version": qemu_version, "core_program": core_program}
 
 
+MISSING_RANGES_SHOWN = 8
+DAMAGED = "damaged: "          # a chardev problem that names a value no live chardev has
+
+
+def range_json(start, end):
+    return {"start": ptr(start), "end": ptr(end), "bytes": end - start}
+
+
+def truncation_problem(what, missing):
+    """The one problem line of a core cut short: how much and which address ranges."""
+    total = sum(end - start for start, end in missing)
+    shown = ", ".join(f"0x{s:x}-0x{e:x}" for s, e in missing[:MISSING_RANGES_SHOWN])
+    more = f" and {len(missing) - MISSING_RANGES_SHOWN} more" \
+        if len(missing) > MISSING_RANGES_SHOWN else ""
+    return (f"core file {what}: {total} bytes of memory in {len(missing)} address "
+            f"range(s) missing ({shown}{more}); nothing there was read")
+
+
+def mark_truncated(report, what, missing):
+    """Make ``report`` say its core was cut short (idempotent): missing ranges in
+    ``target.missing_ranges``, one problem, complete false."""
+    target = report.setdefault("target", {})
+    if not target.get("missing_ranges"):
+        target["missing_ranges"] = [range_json(s, e) for s, e in missing]
+    problems = report.setdefault("problems", [])
+    if not any(p.startswith("core file truncated") for p in problems):
+        problems.append(truncation_problem(what, missing))
+    report["complete"] = False
+    return report
+
+
+def found_by(chardev):
+    """How a chardev was found: "qom" (under /chardevs), "frame" (a thread frame's pointer)
+    or "census" (a GSource's callback data or an IOWatchPoll's opaque)."""
+    via = chardev.found_via or ""
+    if via.startswith("census"):
+        return "census"
+    if via == "qom":
+        return "qom"
+    return "frame"
+
+
+def chardev_json(chardev):
+    """A chardev in the report: its own JSON plus ``found_by``."""
+    out = chardev.to_json()
+    out["found_by"] = found_by(chardev)
+    damaged = [p[len(DAMAGED):] for p in chardev.problems if p.startswith(DAMAGED)]
+    if damaged:
+        out["damaged"] = damaged
+    return out
+
+
 def new_report(target, *, problems=(), error=None, crash=None, threads=(), chardevs=(),
                tasks=(), sections=None, findings=(), objects=()):
     """A "qemu-chardev-report/1" object (docs/report-schema.json): the one place its shape is

@@ -20,9 +20,11 @@ from qemu_chardev.analysis import census as ca
 from qemu_chardev.files import memscan
 from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import QcgError, TargetReadError
+from qemu_chardev.model.liveness import DEAD, GSOURCE
 from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
 from qemu_chardev.readers import glib, process_memory, qom
 from qemu_chardev.readers.qom import chardev_layout, socket_layout
+from qemu_chardev.readers.liveness import Liveness
 from qemu_chardev.readers.qiotask import tasks_in_threads
 from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import Layout
@@ -91,7 +93,7 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
         reader.close()
     ca.classify(census.records, census.owners, _idle_funcs(table),
                 has_qio_task=target.symbol_address("qio_task_thread_worker") is not None)
-    census.uaf = ca.use_after_free(census.records, census.owners)
+    census.uaf = _confirmed_frees(snap, ca.use_after_free(census.records, census.owners))
     census.seconds = time.perf_counter() - started
     return census
 
@@ -100,6 +102,22 @@ def census_and_findings(snap, with_frames=True):
     """(Census, [finding dict]) in one scan, for callers that show both."""
     census = take_census(snap, with_frames=with_frames)
     return census, census.findings()
+
+
+def _confirmed_frees(snap, pairs):
+    """The (owner, record) pairs whose source the allocator confirms freed, or whose fields
+    show what a free leaves; a "freed" source with its other fields intact and its chunk not
+    free is damage (noted), never a use-after-free on its own."""
+    alive = Liveness(snap)
+    out = []
+    for owner, rec in pairs:
+        verdict = alive.judge(rec.address, GSOURCE).verdict
+        if verdict in DEAD:
+            out.append((owner, rec))
+        else:
+            snap.note(f"GSource 0x{rec.address:x} ({owner.what}) reads {rec.state} but the "
+                      f"allocator and its other fields say {verdict}: damaged, not freed")
+    return out
 
 
 def _idle_funcs(table):

@@ -192,7 +192,7 @@ class Liveness:
         view = self.snap.mem.view(glib.gsource_layout(), obj.address, "GSource")
         obj.chunk = self.chunk(obj.address, glib_facts.GSOURCE_SIZE)
         judge.judge_gsource(obj, view["ref_count"], view["flags"], view["context"],
-                            view["priority"])
+                            view["priority"], view.get("priv"))
 
     def _mutex(self, obj):
         lock = read_mutex(self.snap, obj.address, with_owner=False)

@@ -88,14 +88,24 @@ def object_ref(snap, obj_address):
     return snap.mem.u32(obj_address + obj.field("ref").offset, "Object.ref")
 
 
-def children(snap, obj_address, what):
-    """[(name, property type, opaque)] of an object's ``child<...>`` properties."""
+def children(snap, obj_address, what, container=False):
+    """[(name, property type, opaque)] of an object's ``child<...>`` properties.
+
+    A table or entry that cannot be read stops only that walk (or skips that entry): the
+    problem is noted with the object, the address and what was expected there, and the
+    children read so far are returned."""
     obj, _klass, _impl, prop = layouts()
-    table_address = snap.mem.pointer(obj_address + obj.field("properties").offset,
-                                     f"{what} properties")
-    table = glib.HashTable(snap.mem, table_address, f"{what} property table")
     out = []
-    for key, value in table.items()[:CHILDREN_LIMIT]:
+    try:
+        table_address = snap.mem.pointer(obj_address + obj.field("properties").offset,
+                                         f"{what} properties")
+        table = glib.HashTable(snap.mem, table_address, f"{what} property table")
+        items = table.items()[:CHILDREN_LIMIT]
+    except TargetReadError as exc:
+        snap.note(f"{what} (object 0x{obj_address:x}): {exc}: expected a GHashTable of "
+                  "its properties; its children are not listed")
+        return out
+    for key, value in items:
         try:
             view = snap.mem.view(prop, value, "ObjectProperty")
             ptype = snap.mem.cstring(view["type"], 128, "property type")
@@ -108,32 +118,67 @@ def children(snap, obj_address, what):
     for problem in table.problems:
         snap.note(problem)
     return out
+                if container:     # a container's properties are all children: damage
+                    snap.note(f"{what}: property at 0x{value:x} has type {ptype!r}, expected "
+                              "child<...> (damaged)")
 
 
+            if not printable_name(name):
+                snap.note(f"{what}: property at 0x{value:x}: name {name!r} is not a "
+                          "printable NUL-terminated string (damaged)")
+                continue
 def root_object():
     """Address of QOM's root object, or None before QOM was initialised."""
     return target.static_value_address("object_get_root::root")
 
 
 def chardevs_in_tree(snap):
-    """[(label, Chardev address)] under /chardevs, in the tree's own (hash) order."""
+    """[(label, Chardev address)] under /chardevs, in the tree's own (hash) order.
+
+    Read once per Snapshot.  A damaged tree gives what could be read and notes the rest."""
+    cached = getattr(snap, "_chardevs_in_tree", None)
+    if cached is not None:
+        return list(cached)
+    found = _chardevs_in_tree(snap)
+    snap._chardevs_in_tree = list(found)
+    return found
+
+
+def _chardevs_in_tree(snap):
     layouts()
+def printable_name(text):
+    """True for a label or property name as QEMU makes them: a short printable string, valid
+    UTF-8 (``Memory.cstring`` shows an invalid byte as ``\\xNN`` and a string without its NUL
+    within the limit with a trailing "...")."""
+    return bool(text) and text.isprintable() and "\\x" not in text \
+        and not text.endswith("...")
+
+
     root = root_object()
     if not root:
         snap.note("QOM root object is NULL: QEMU has not initialised QOM yet, or the binary "
                   "does not match the core")
         return []
     container = None
-    for name, _ptype, opaque in children(snap, root, "QOM root"):
+    for name, _ptype, opaque in children(snap, root, "QOM root", container=True):
         if name == "chardevs":
             container = opaque
             break
     if not container:
         return []
     found = []
-    for name, _ptype, opaque in children(snap, container, "/chardevs"):
+    before = len(snap.problems)
+    seen = set()
+    for name, _ptype, opaque in children(snap, container, "/chardevs", container=True):
+        if opaque in seen:
+            snap.note(f"/chardevs/{name} at 0x{opaque:x}: listed twice (damaged table)")
+            continue
+        seen.add(opaque)
         if is_a(snap, opaque, "chardev"):
             found.append((name, opaque))
         else:
             snap.note(f"/chardevs/{name} at 0x{opaque:x} is not a readable chardev object")
     return found
+        if len(snap.problems) > before:
+            snap.note(f"QOM root 0x{root:x}: no /chardevs container could be read: chardevs "
+                      "are found only from thread frames and the GSource census")

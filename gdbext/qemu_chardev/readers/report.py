@@ -12,14 +12,16 @@ import gdb
 
 from qemu_chardev.analysis import findings, lifecycle
 from qemu_chardev.files import elf as corefile
-from qemu_chardev.model.diagnosis import (DiagnosisInput, ThreadFacts, frame_json, new_report,
-                                          new_target)
+from qemu_chardev.model.diagnosis import (DiagnosisInput, DisconnectLocking, ThreadFacts,
+                                          chardev_json,
+                                          frame_json, new_report, new_target, range_json,
+                                          truncation_problem)
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.model.objects import ptr
 from qemu_chardev.model.liveness import CHANNEL, CHARDEV, POINTEE_KINDS, TASK, Holder
 from qemu_chardev.model.qemu import CHARDEV_CALLBACKS
 from qemu_chardev.readers import binary, census, crash, liveness
-from qemu_chardev.readers.chardev import find_chardevs
+from qemu_chardev.readers.chardev import census_chardevs, find_chardevs
 from qemu_chardev.readers.mutex import lock_graph
 from qemu_chardev.readers.qiotask import reachable_tasks
 from qemu_chardev.readers.qom import NoQemuDebugInfo
@@ -28,8 +30,10 @@ from qemu_chardev.target import memory as target
 
 
 def _census_section(snap):
-    """The GSource census section and its findings."""
+    """The GSource census section and its findings (the census is kept on ``snap`` for
+    the chardevs only its sources lead to)."""
     result, found = census.census_and_findings(snap)
+    snap.census = result
     return result.to_json(), found
 
 
@@ -57,6 +61,9 @@ def target_json(snap):
             ok, reason = corefile.core_matches_binary(info, binary_path, out["build_id"])
             if not ok:
                 raise QcgError(reason)
+            if info.truncated:
+                out["missing_ranges"] = [range_json(s, e) for s, e in info.missing]
+                snap.note(truncation_problem(info.truncated, info.missing))
     return out
 
 
@@ -120,35 +127,62 @@ def _thread_json(facts, thread, crash_facts):
     }
 
 
+def _step(snap, what, read, default):
+    """``read()``, or ``default`` with the failure noted: one part of the report that cannot
+    be read (a damaged heap, a core cut short) never loses the others."""
+    try:
+        return read()
+    except NoQemuDebugInfo:
+        raise
+    except QcgError as exc:
+        snap.note(f"{what}: {exc}")
+    except (gdb.error, gdb.MemoryError) as exc:
+        snap.note(f"{what}: gdb: {exc}")
+    except Exception as exc:  # noqa: BLE001  a reader's bug must not lose the report
+        snap.note(f"{what}: internal error: {type(exc).__name__}: {exc}")
+    return default() if callable(default) else default
+
+
+def _nested_problems(snap, chardevs, tasks):
+    """What could not be read inside a chardev or task (a GSource, a channel) makes the
+    report incomplete too: each is noted with the object it belongs to."""
+    for chardev in chardevs:
+        who = f"chardev {chardev.label or '?'} at 0x{chardev.address:x}"
+        for problem in chardev.problems:
+            if not problem.startswith("damaged: "):       # noted when found
+                snap.note(f"{who}: {problem}")
+        for part in list(chardev.gsources) + list(chardev.objects):
+            for problem in part.problems:
+                snap.note(f"{who}: {part.role} 0x{part.address:x}: {problem}")
+    for task in tasks:
+        for problem in task.problems:
+            snap.note(f"QIOTask 0x{task.address:x} ({task.found_via}): {problem}")
+
+
 def build_report(snap, skip_sections=()):
     """The complete report dict (see docs/report-schema.json); ``skip_sections`` names
-    optional sections not to compute (e.g. "gsource_census", a scan of writable memory)."""
+    optional sections not to compute (e.g. "gsource_census", a scan of writable memory).
+
+    Every part is read on its own (``_step``): what fails is a problem of the report, which
+    then says ``complete: false``, and the other parts are still there."""
     target_info = target_json(snap)
     alive = liveness.Liveness(snap)
     for lwp in snap.threads():      # full stacks first: later reads reuse them
-        snap.stack(lwp)
+        _step(snap, f"stack of LWP {lwp}", lambda lwp=lwp: snap.stack(lwp), None)
     try:
-        chardevs = find_chardevs(snap, deep=True, alive=alive)
+        chardevs = _step(snap, "chardevs", lambda: find_chardevs(snap, deep=True, alive=alive),
+                         list)
         target_info["qemu_debug_info"] = True
     except NoQemuDebugInfo as exc:     # still worth reporting: the crash, threads, deadlocks
         snap.note(str(exc))
         chardevs = []
         target_info["qemu_debug_info"] = False
-    crash_facts, stop_facts = crash.read_signals(snap)
-    assertion = crash.read_assertion(snap, crash_facts)
-    waiting_on, owner_of = lock_graph(snap)
-    facts = DiagnosisInput(threads=_thread_facts(snap, waiting_on), chardevs=chardevs,
-                           crash=crash_facts, owner_of=owner_of,
-                           mutex_symbols=_mutex_symbols(waiting_on.values()),
-                           disconnect_locking=binary.disconnect_locking(),
-                           tasks=reachable_tasks(snap, chardevs), assertion=assertion,
-                           qemu_version=target_info.get("qemu_version"))
-    facts.objects = _judge_reached(alive, facts)
-    if assertion is not None:
-        assertion["concerns"] = [{"address": ptr(o.address), "kind": o.kind,
-                                  "verdict": o.verdict, "part_of": ptr(o.part_of)}
-                                 for o in lifecycle.assertion_concerns(facts)]
+    crash_facts, stop_facts = _step(snap, "signal", lambda: crash.read_signals(snap),
+                                    (None, None))
+    assertion = _step(snap, "assertion", lambda: crash.read_assertion(snap, crash_facts), None)
+    waiting_on, owner_of = _step(snap, "lock graph", lambda: lock_graph(snap), ({}, {}))
     sections = {}
+    extra_findings = []
     for name, read_section in SECTIONS.items():
         if name in skip_sections:
             continue
@@ -162,17 +196,40 @@ def build_report(snap, skip_sections=()):
             continue
         if section is not None:
             sections[name] = section
-        facts.extra_findings.extend(extra or [])
+        extra_findings.extend(extra or [])
+    census_result = getattr(snap, "census", None)
+    if census_result is not None and target_info.get("qemu_debug_info"):
+        seen = {c.address for c in chardevs}
+        chardevs += _step(snap, "chardevs found by the census",
+                          lambda: census_chardevs(snap, census_result, seen, deep=True), list)
+    tasks = _step(snap, "QIOTasks", lambda: reachable_tasks(snap, chardevs), list)
+    _nested_problems(snap, chardevs, tasks)
+    locking = _step(snap, "tcp_chr_disconnect code", binary.disconnect_locking,
+                    lambda: DisconnectLocking(None, "not read"))
+    facts = DiagnosisInput(threads=_thread_facts(snap, waiting_on), chardevs=chardevs,
+                           crash=crash_facts, owner_of=owner_of,
+                           mutex_symbols=_step(snap, "mutex symbols",
+                                               lambda: _mutex_symbols(waiting_on.values()), {}),
+                           disconnect_locking=locking,
+                           tasks=tasks, assertion=assertion,
+                           qemu_version=target_info.get("qemu_version"))
+    facts.extra_findings.extend(extra_findings)
+    facts.objects = _step(snap, "liveness", lambda: _judge_reached(alive, facts), list)
+    if assertion is not None:
+        assertion["concerns"] = [{"address": ptr(o.address), "kind": o.kind,
+                                  "verdict": o.verdict, "part_of": ptr(o.part_of)}
+                                 for o in lifecycle.assertion_concerns(facts)]
     problems = []
     found = findings.diagnose(facts, problems=problems)
     for problem in problems:
         snap.note(problem)
     target_info["stop_signal"] = crash.stop_json(stop_facts) if crash_facts is None else None
     target_info["disconnect_locking"] = facts.disconnect_locking.to_json()
-    crash_section = crash.crash_json(snap, crash_facts, assertion)
+    crash_section = _step(snap, "crash", lambda: crash.crash_json(snap, crash_facts, assertion),
+                          None)
     return new_report(
         target_info, problems=snap.problems, crash=crash_section,
         threads=[_thread_json(facts, t, crash_facts) for t in facts.threads],
-        chardevs=[c.to_json() for c in chardevs], tasks=[t.to_json() for t in facts.tasks],
+        chardevs=[chardev_json(c) for c in chardevs], tasks=[t.to_json() for t in facts.tasks],
         sections=sections, findings=[f.to_json() for f in found],
         objects=[o.to_json() for o in facts.objects])

@@ -191,7 +191,8 @@ def _chardev_rows(report):
         socket = ch.get("type") == "chardev-socket" or ch.get("state") is not None
         label = ch.get("label") or "?"
         if ch.get("in_tree") is False:
-            label += " *"          # found only in a thread's frames
+            # found only in a thread's frames (*) or through a GSource of the census (+)
+            label += " +" if ch.get("found_by") == "census" else " *"
         rows.append([label, ch.get("type") or ch.get("liveness") or "?", ch.get("address"),
                      ch.get("state") or "-",
                      (ch.get("ioc") or "NULL") if socket else "-",
@@ -275,9 +276,15 @@ def text(report, colour=False, show_problems=True):
     out.append(render.paint("Chardevs", "bold", colour))
     rows = _chardev_rows(report)
     out.append(_indent(render.table(CHARDEV_HEADERS, rows)) if rows else "  none found")
-    if any(ch.get("in_tree") is False for ch in report.get("chardevs") or []):
+    chardevs = report.get("chardevs") or []
+    if any(ch.get("in_tree") is False and ch.get("found_by") != "census" for ch in chardevs):
         out.append("  * not in /chardevs: found in a thread's frames (TYPE says if it is "
                    "finalized or freed)")
+    if any(ch.get("in_tree") is False and ch.get("found_by") == "census" for ch in chardevs):
+        out.append("  + not reached in /chardevs: found through a GSource of the census")
+    for ch in chardevs:
+        for what in ch.get("damaged") or []:
+            out.append(f"  ! {ch.get('label') or ch.get('address')}: damaged: {what}")
     out.append("")
     out.append(render.paint("Threads", "bold", colour))
     out.append(_indent(render.table(THREAD_HEADERS, _thread_rows(report))))

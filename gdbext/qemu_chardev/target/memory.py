@@ -7,6 +7,7 @@ Structures are fetched with a single ``read_memory`` call and decoded in Python 
 
 Nothing here writes target memory or calls inferior functions.
 """
+import os
 import struct
 
 import gdb
@@ -259,6 +260,9 @@ class Memory:
         self.inferior = inferior or gdb.selected_inferior()
         self._cache = {}
         self.reads = 0
+        # QCG_READ_LOG=FILE: append "address size" of every read (the fuzzer's oracle of
+        # which bytes a report depends on, recorded from a healthy run).
+        self._log = os.environ.get("QCG_READ_LOG")
 
     def read(self, address, size, what="memory"):
         if not address:
@@ -272,6 +276,8 @@ class Memory:
                 raise TargetReadError(what, address) from exc
             self.reads += 1
             self._cache[key] = buf
+            if self._log:
+                _log_read(self._log, address, size)
         return buf
 
     def try_read(self, address, size):
@@ -311,6 +317,14 @@ class Memory:
             if not out:
                 raise
         return out.decode("utf-8", "backslashreplace") + "..."
+
+
+def _log_read(path, address, size):
+    try:
+        with open(path, "a", encoding="ascii") as handle:
+            handle.write(f"{address:x} {size:x}\n")
+    except OSError:
+        pass
 
 
 def symbol_address(name):

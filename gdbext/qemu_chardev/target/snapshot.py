@@ -163,6 +163,7 @@ class Snapshot:
         self._stacks = {}
         self._refs = {}
         self._lock_waits = None
+        self.census = None             # the GSource census, when a command took one
 
     def note(self, problem):
         """Record something that could not be read; the report is then incomplete."""
