@@ -60,27 +60,36 @@ GDB = ["gdb", "-nx", "-batch", "-iex", "set pagination off", "-iex", "set style 
 
 # --- base cores -------------------------------------------------------------------------
 
-def base_cores(work):
-    """[(name, core path, binary, wrong binary)] made once into ``work``."""
+def base_cores(work, names=("idle-7.2", "race-7.2")):
+    """[(name, core path, binary, wrong binary)] made once into ``work``.  A name is
+    "idle-VERSION" (a gcore of an idle daemon of the fixed build: mon0 with a client, cli0
+    reconnecting, tcp0, ring0, null0) or "race-VERSION" (make-race-core's kernel crash core
+    of the 2019 race on the build with the fixes reverted)."""
     from tests.support.builds import QemuBuild
     out = []
-    fixed = QemuBuild.get("7.2", "fixed")
-    reverted = QemuBuild.get("7.2", "reverted")
-    idle = work / "idle-7.2" / "idle.core"
-    if not idle.is_file():
-        from tests.support.gdb import gcore
-        from tests.support.scenarios import all_chardevs_scenario
-        idle.parent.mkdir(parents=True, exist_ok=True)
-        with all_chardevs_scenario(fixed.storage_daemon, idle.parent) as sc:
-            time.sleep(1.5)
-            gcore(sc.daemon.pid, idle, binary=fixed.storage_daemon)
-    out.append(("idle-7.2", idle, Path(fixed.storage_daemon), Path(reverted.storage_daemon)))
-    race = work / "race-7.2" / "race.core"
-    if not race.is_file():
-        from tests.support.race_core import make_race_core
-        race.parent.mkdir(parents=True, exist_ok=True)
-        make_race_core(reverted, race)
-    out.append(("race-7.2", race, Path(reverted.storage_daemon), Path(fixed.storage_daemon)))
+    for name in names:
+        kind, _, version = name.partition("-")
+        fixed = QemuBuild.get(version, "fixed")
+        reverted = QemuBuild.get(version, "reverted")
+        if kind == "idle":
+            core = work / name / "idle.core"
+            if not core.is_file():
+                from tests.support.gdb import gcore
+                from tests.support.scenarios import all_chardevs_scenario
+                core.parent.mkdir(parents=True, exist_ok=True)
+                with all_chardevs_scenario(fixed.storage_daemon, core.parent) as sc:
+                    time.sleep(1.5)
+                    gcore(sc.daemon.pid, core, binary=fixed.storage_daemon)
+            out.append((name, core, Path(fixed.storage_daemon), Path(reverted.storage_daemon)))
+        elif kind == "race":
+            core = work / name / "race.core"
+            if not core.is_file():
+                from tests.support.race_core import make_race_core
+                core.parent.mkdir(parents=True, exist_ok=True)
+                make_race_core(reverted, core)
+            out.append((name, core, Path(reverted.storage_daemon), Path(fixed.storage_daemon)))
+        else:
+            raise SystemExit(f"fuzz: unknown base {name!r} (idle-VERSION or race-VERSION)")
     return out
 
 
@@ -296,13 +305,17 @@ def judge(mutation, base, pm, cmd_run, timeout):
 
 # --- the campaign -----------------------------------------------------------------------
 
-def one_core(rng, base, work, args, index):
+def one_core(rng, base, work, args, index, replay=None):
     img = base["img"]
     copy = work / "mutant.core"
     choice = rng.random()
     saved = None
+    if replay is not None:        # a recorded mutation: its kind decides how it is applied
+        mutation = replay
+        choice = 0.0 if mutation.truncate_to is not None else \
+            0.13 if mutation.wrong_binary else 1.0
     if choice < 0.12:
-        mutation = mutate.truncation(img, rng)
+        mutation = replay or mutate.truncation(img, rng)
         with open(base["core"], "rb") as src, open(copy, "wb") as dst:
             remaining = mutation.truncate_to
             while remaining > 0:
@@ -313,12 +326,13 @@ def one_core(rng, base, work, args, index):
                 remaining -= len(chunk)
         target = copy
     elif choice < 0.16:
-        mutation = mutate.Mutation("wrong-binary", f"analysed with {base['wrong']}",
-                                   wrong_binary=True)
+        mutation = replay or mutate.Mutation("wrong-binary", f"analysed with {base['wrong']}",
+                                             wrong_binary=True)
         target = base["core"]
     else:
-        with open(base["work_copy"], "rb") as handle:
-            mutation = mutate.random_memory_mutation(img, rng, handle, base["reads"])
+        if replay is None:
+            with open(base["work_copy"], "rb") as handle:
+                mutation = mutate.random_memory_mutation(img, rng, handle, base["reads"])
         saved = mutate.apply(base["work_copy"], mutation)
         target = base["work_copy"]
     binary = base["wrong"] if mutation.wrong_binary else base["binary"]
@@ -379,26 +393,36 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
     parser.add_argument("--out", type=Path, default=None,
                         help="summary JSON (default WORK/summary-SEED.json)")
-    parser.add_argument("--bases", default="idle-7.2,race-7.2")
-    parser.add_argument("--keep-failing", action="store_true")
+    parser.add_argument("--bases", default="idle-7.2,race-7.2",
+                        help="comma-separated idle-VERSION / race-VERSION base cores")
+    parser.add_argument("--keep-failing", action="store_true",
+                        help="write each failing core's result (its mutation included) to "
+                             "WORK/failing/")
+    parser.add_argument("--replay", type=Path, default=None, metavar="RESULT.json",
+                        help="run again the mutation of one failing result (of WORK/failing/)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     rng = random.Random(args.seed)
+    replay = json.loads(args.replay.read_text()) if args.replay else None
     bases = []
-    for name, core, binary, wrong in base_cores(args.work):
-        if name not in args.bases.split(","):
-            continue
+    names = [n for n in args.bases.split(",") if n]
+    if replay is not None:
+        names = [replay["base"]]
+    for name, core, binary, wrong in base_cores(args.work, names):
         base = healthy_run(name, core, binary, args.work, args.timeout)
         base.update(name=name, core=core, binary=binary, wrong=wrong,
                     work_copy=args.work / f"{name}.work.core")
         shutil.copyfile(core, base["work_copy"])
         bases.append(base)
     results = []
+    if replay is not None:
+        args.cores = 1
     try:
         for index in range(args.cores):
             base = bases[index % len(bases)]
-            result = one_core(rng, base, args.work, args, index)
+            result = one_core(rng, base, args.work, args, index,
+                              mutate.Mutation.from_json(replay["mutation"]) if replay else None)
             results.append(result)
             mark = "FAIL " + ",".join(f["kind"] for f in result["failures"]) \
                 if result["failures"] else "ok"

@@ -33,7 +33,16 @@ class Mutation:
     def to_json(self):
         return {"kind": self.kind, "detail": self.detail,
                 "touched": [[f"0x{a:x}", n] for a, n in self.touched][:64],
+                "patches": [[offset, data.hex()] for offset, data in self.patches],
                 "truncate_to": self.truncate_to, "wrong_binary": self.wrong_binary}
+
+    @classmethod
+    def from_json(cls, obj):
+        """The mutation a campaign recorded (to replay a failing core)."""
+        return cls(obj["kind"], obj["detail"],
+                   [(offset, bytes.fromhex(data)) for offset, data in obj.get("patches", [])],
+                   [(int(a, 16), n) for a, n in obj.get("touched", [])],
+                   obj.get("truncate_to"), obj.get("wrong_binary", False))
 
 
 class CoreImage:

@@ -158,6 +158,35 @@ def test_heap_damaged_race_core_keeps_crash_block_locks_and_frame_chardevs(race,
                                        if f["severity"] == "error"]
 
 
+def test_impossible_values_are_reported_as_damaged_never_trusted(fixed72, idle, tmp_path):
+    """mon0's socket state set outside its enum and an ESC byte put in cli0's label: both
+    chardevs are still listed, each value is named as damaged, no finding comes of it."""
+    binary = fixed72.storage_daemon
+    healthy = report_of(postmortem(binary, idle, census=False))
+    address = {c["label"]: c["address"] for c in healthy["chardevs"]}
+    state = gdb_value(binary, idle, f"&((SocketChardev *){address['mon0']})->state")
+    label = gdb_value(binary, idle, f"((Chardev *){address['cli0']})->label")
+    path = tmp_path / "impossible.core"
+    shutil.copyfile(idle, path)
+    img = mutate.CoreImage(path)
+    patch(path, img, state, struct.pack("<I", 77))
+    patch(path, img, label + 1, b"\x1b")
+    done = postmortem(binary, path, census=False)
+    assert done.returncode == 0, done.stderr
+    report = report_of(done)
+    assert report["complete"] is False
+    by_address = {c["address"]: c for c in report["chardevs"]}
+    mon0, cli0 = by_address[address["mon0"]], by_address[address["cli0"]]
+    assert mon0["damaged"] == ["state 77 is outside the TCPChardevState enum"]
+    assert cli0["label"] == "cli0"          # the QOM name, not the damaged chr->label
+    assert any("chr->label" in d and "printable" in d for d in cli0["damaged"])
+    assert any(address["mon0"] in p and "damaged: state 77" in p for p in report["problems"])
+    assert not report["findings"] or all(f["severity"] != "error" for f in report["findings"])
+    text = postmortem(binary, path, census=False, fmt="text").stdout
+    assert "! mon0: damaged: state 77 is outside the TCPChardevState enum" in text
+    assert "\x1b" not in text
+
+
 def cut(core, length, tmp_path, name):
     out = tmp_path / name
     with open(core, "rb") as src, open(out, "wb") as dst:
