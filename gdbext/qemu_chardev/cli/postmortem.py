@@ -415,10 +415,10 @@ def analyse(args, item):
             if choice.how == binaries.GIVEN:
                 raise
             raise Unusable(f"{choice.line()}: {exc}") from None
-        if isinstance(item, Stored):
-            report["target"]["core"] = label
         if info.truncated:          # cut short after its notes: analysed, never complete
             diagnosis.mark_truncated(report, info.truncated, info.missing)
+        if isinstance(item, Stored):
+            report["target"]["core"] = label
         elif decompressed:
             report["target"]["core"] = os.path.abspath(label)
     except Unusable as exc:

@@ -98,12 +98,6 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
     return census
 
 
-def census_and_findings(snap, with_frames=True):
-    """(Census, [finding dict]) in one scan, for callers that show both."""
-    census = take_census(snap, with_frames=with_frames)
-    return census, census.findings()
-
-
 def _confirmed_frees(snap, pairs):
     """The (owner, record) pairs whose source the allocator confirms freed, or whose fields
     show what a free leaves; a "freed" source with its other fields intact and its chunk not
@@ -118,6 +112,12 @@ def _confirmed_frees(snap, pairs):
             snap.note(f"GSource 0x{rec.address:x} ({owner.what}) reads {rec.state} but the "
                       f"allocator and its other fields say {verdict}: damaged, not freed")
     return out
+
+
+def census_and_findings(snap, with_frames=True):
+    """(Census, [finding dict]) in one scan, for callers that show both."""
+    census = take_census(snap, with_frames=with_frames)
+    return census, census.findings()
 
 
 def _idle_funcs(table):

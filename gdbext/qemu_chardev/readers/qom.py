@@ -110,23 +110,31 @@ def children(snap, obj_address, what, container=False):
             view = snap.mem.view(prop, value, "ObjectProperty")
             ptype = snap.mem.cstring(view["type"], 128, "property type")
             if not ptype or not ptype.startswith("child<"):
+                if container:     # a container's properties are all children: damage
+                    snap.note(f"{what}: property at 0x{value:x} has type {ptype!r}, expected "
+                              "child<...> (damaged)")
                 continue
             name = snap.mem.cstring(key, 256, "property name")
+            if not printable_name(name):
+                snap.note(f"{what}: property at 0x{value:x}: name {name!r} is not a "
+                          "printable NUL-terminated string (damaged)")
+                continue
             out.append((name, ptype, view["opaque"]))
         except TargetReadError as exc:
             snap.note(f"{what}: property at 0x{value:x}: {exc}")
     for problem in table.problems:
         snap.note(problem)
     return out
-                if container:     # a container's properties are all children: damage
-                    snap.note(f"{what}: property at 0x{value:x} has type {ptype!r}, expected "
-                              "child<...> (damaged)")
 
 
-            if not printable_name(name):
-                snap.note(f"{what}: property at 0x{value:x}: name {name!r} is not a "
-                          "printable NUL-terminated string (damaged)")
-                continue
+def printable_name(text):
+    """True for a label or property name as QEMU makes them: a short printable string, valid
+    UTF-8 (``Memory.cstring`` shows an invalid byte as ``\\xNN`` and a string without its NUL
+    within the limit with a trailing "...")."""
+    return bool(text) and text.isprintable() and "\\x" not in text \
+        and not text.endswith("...")
+
+
 def root_object():
     """Address of QOM's root object, or None before QOM was initialised."""
     return target.static_value_address("object_get_root::root")
@@ -146,28 +154,23 @@ def chardevs_in_tree(snap):
 
 def _chardevs_in_tree(snap):
     layouts()
-def printable_name(text):
-    """True for a label or property name as QEMU makes them: a short printable string, valid
-    UTF-8 (``Memory.cstring`` shows an invalid byte as ``\\xNN`` and a string without its NUL
-    within the limit with a trailing "...")."""
-    return bool(text) and text.isprintable() and "\\x" not in text \
-        and not text.endswith("...")
-
-
     root = root_object()
     if not root:
         snap.note("QOM root object is NULL: QEMU has not initialised QOM yet, or the binary "
                   "does not match the core")
         return []
+    before = len(snap.problems)
     container = None
     for name, _ptype, opaque in children(snap, root, "QOM root", container=True):
         if name == "chardevs":
             container = opaque
             break
     if not container:
+        if len(snap.problems) > before:
+            snap.note(f"QOM root 0x{root:x}: no /chardevs container could be read: chardevs "
+                      "are found only from thread frames and the GSource census")
         return []
     found = []
-    before = len(snap.problems)
     seen = set()
     for name, _ptype, opaque in children(snap, container, "/chardevs", container=True):
         if opaque in seen:
@@ -179,6 +182,3 @@ def printable_name(text):
         else:
             snap.note(f"/chardevs/{name} at 0x{opaque:x} is not a readable chardev object")
     return found
-        if len(snap.problems) > before:
-            snap.note(f"QOM root 0x{root:x}: no /chardevs container could be read: chardevs "
-                      "are found only from thread frames and the GSource census")
