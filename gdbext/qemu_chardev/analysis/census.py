@@ -303,6 +303,10 @@ class Census:
     regions_scanned: int = 0
     seconds: float = 0.0
     uaf: list = field(default_factory=list)
+    # Writable memory not scanned because QEMU says it is not heap (guest RAM, TCG code):
+    # [{"what", "name", "start", "end", "bytes"}], "bytes" being what was left out.
+    bytes_skipped: int = 0
+    skipped: list = field(default_factory=list)
 
     def counts(self):
         return counts(self.records)
@@ -320,6 +324,7 @@ class Census:
         return {
             "source": self.source, "bytes_scanned": self.bytes_scanned,
             "regions_scanned": self.regions_scanned, "seconds": round(self.seconds, 3),
+            "bytes_skipped": self.bytes_skipped, "skipped": list(self.skipped),
             "anchors": {ptr(a): n for a, n in sorted(self.anchors.items())},
             "counts": self.counts(),
             "rejected": dict(sorted(self.rejected.items())),

@@ -232,25 +232,65 @@ class Hit:
     data: bytes              # bytes [address - before, address - before + span), or b""
 
 
+def without(reader, region, exclude):
+    """The pieces of ``region`` outside the sorted, disjoint [(start, end, key)] spans of
+    ``exclude``, as Regions the reader can read, and {key: bytes of the region left out}."""
+    pieces, left_out = [], {}
+    cursor = region.start
+    for start, end, key in exclude:
+        if end <= cursor or start >= region.end:
+            continue
+        if start > cursor:
+            pieces.append(_piece(reader, region, cursor, start))
+        cut = _piece(reader, region, max(start, cursor), min(end, region.end))
+        left_out[key] = left_out.get(key, 0) + _available(reader, cut)
+        cursor = min(end, region.end)
+        if cursor >= region.end:
+            break
+    if cursor < region.end:
+        pieces.append(_piece(reader, region, cursor, region.end))
+    return pieces, left_out
+
+
+def _piece(reader, region, start, end):
+    if reader.kind != "core":
+        return Region(start, end, start, end - start, region.writable, region.readable,
+                      region.name)
+    skip = start - region.start
+    return Region(start, end, region.offset + skip, max(0, min(region.size - skip, end - start)),
+                  region.writable, region.readable, region.name)
+
+
 def scan(reader, anchors, before=16, span=96, window=WINDOW, writable_only=True,
-         backend=None):
+         backend=None, exclude=(), skipped=None):
     """Every 8-byte aligned word in the reader's (writable) regions equal to an anchor.
 
     ``anchors`` maps pointer values to anything.  Returns (hits, bytes_scanned); each hit
     carries ``span`` bytes starting ``before`` bytes ahead of the word when the window holds
     them, else b"" (the caller reads those itself).  ``backend``: "numpy", "find" or None
-    (numpy when it can be imported).
+    (numpy when it can be imported).  ``exclude``: sorted, disjoint [(start, end, key)] spans
+    not to scan (memory known to hold no such words); the bytes left out of the regions are
+    added up by key into the dict ``skipped`` when one is given.
     """
+    regions = []
+    for region in reader.regions:
+        if writable_only and not region.writable:
+            continue
+        if exclude:
+            pieces, left_out = without(reader, region, exclude)
+            regions += pieces
+            if skipped is not None:
+                for key, count in left_out.items():
+                    skipped[key] = skipped.get(key, 0) + count
+        else:
+            regions.append(region)
     if backend is None and not os.environ.get("QCG_SCAN_BACKEND"):
-        total = sum(_available(reader, r) for r in reader.regions
-                    if r.writable or not writable_only)
+        total = sum(_available(reader, r) for r in regions)
         backend = auto_backend(total * len(group_anchors(anchors)))
     search = make_searcher(anchors, backend)
     hits = []
     scanned = 0
-    for region in reader.regions:
-        if writable_only and not region.writable:
-            continue
+    for region in regions:
         for address, buf, first, length in reader.windows(region, window):
             scanned += length
             end = first + length

@@ -27,6 +27,7 @@ def census_text(census, colour=False, show_all=False):
              f"  scanned {_mib(census.bytes_scanned)} of writable memory in "
              f"{census.regions_scanned} regions, {census.seconds:.2f} s ({rate:.0f} MiB/s); "
              f"{len(census.anchors)} GSourceFuncs anchors",
+             *skipped_lines(census.skipped),
              "  " + ", ".join(paint(f"{state} {counts[state]}", _STATE_COLOURS.get(state)
                                     if counts[state] and state in (glib.LEAKED, glib.INVALID)
                                     else None, colour)
@@ -59,13 +60,24 @@ def groups_table(groups):
     return table(["FUNCS", "CALLBACK", "NAME", *GROUP_HEADERS, "TOTAL"], rows)
 
 
+def skipped_lines(skipped):
+    """One line on the memory the census did not scan (guest RAM, TCG code), if any."""
+    if not skipped:
+        return []
+    by_what = {}
+    for span in skipped:
+        by_what[span["what"]] = by_what.get(span["what"], 0) + span["bytes"]
+    return ["  not scanned (not heap): "
+            + ", ".join(f"{what} {_mib(count)}" for what, count in by_what.items())]
+
+
 def census_section_text(section, colour=False):
     """The census as a section of a `qemu diagnose` / post-mortem report (from its JSON)."""
     counts = section.get("counts") or {}
     head = (f"GSource census: {_mib(section.get('bytes_scanned') or 0)} of writable memory in "
             f"{section.get('regions_scanned')} regions, {section.get('seconds')} s; "
             + ", ".join(f"{state} {counts.get(state, 0)}" for state in glib.STATES))
-    lines = [head]
+    lines = [head] + skipped_lines(section.get("skipped"))
     if section.get("groups"):
         lines.append(groups_table(section["groups"]))
     leaked = section.get("leaked") or []
