@@ -314,9 +314,12 @@ def test_stripped_binary_is_unusable(race, tmp_path):
     stripped = support.strip_debug(race.binary, tmp_path / "qemu-storage-daemon")
     done = pm.run_postmortem(stripped, race.path)
     assert done.returncode == 2
-    assert done.stderr.strip().endswith("no QEMU debug info: type Object/Chardev unknown (is "
-                                        "this a QEMU binary built with -g, and does it match "
-                                        "the core?)")
+    [line] = done.stderr.strip().splitlines()        # one line, saying what to install
+    assert ": no QEMU debug info: type Object/Chardev unknown (is this a QEMU binary built " \
+        "with -g, and does it match the core?); install its debug info: Debian: " in line
+    assert "qemu-system-x86-dbgsym" in line and "debuginfo-install qemu" in line
+    assert line.endswith("or set DEBUGINFOD_URLS and gdb fetches it itself "
+                         "('set debuginfod enabled on')")
 
 
 def test_invocation_errors_exit_2(race, tmp_path):

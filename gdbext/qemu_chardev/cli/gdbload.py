@@ -2,10 +2,13 @@
 
 gdb's embedded Python (/usr/bin/python3 on Debian) is not the Python that pip installed
 this package into, so gdb cannot simply ``import qemu_chardev``: the one gdb command built
-here puts this package's folder first on gdb's ``sys.path``, adds the folders of its pure
-Python dependencies (tabulate, pygments, pyelftools) at the end, where gdb's own packages
-take precedence, then starts the extension.  The same command serves the scripts (``-ex``),
-``~/.gdbinit`` (``python3 -m qemu_chardev --gdb-init``) and gdb auto-load scripts.
+here imports the package from the folder that holds it (a checkout's gdbext/, or a venv's
+site-packages), then moves that folder, and those of its pure-Python dependencies
+(tabulate, pygments, pyelftools), to the end of gdb's ``sys.path``, where gdb's own
+packages take precedence: a venv's site-packages fills the gaps of gdb's Python and shadows
+nothing in it.  Then it starts the extension.  The same command serves the scripts
+(``-ex``), ``~/.gdbinit`` (``python3 -m qemu_chardev --gdb-init``) and gdb auto-load
+scripts.
 """
 import importlib.util
 import os
@@ -40,14 +43,20 @@ def dependency_dirs():
 
 
 def load_statements(parent=None, extra=None):
-    """The Python statements (one line) that make gdb import and start the extension."""
+    """The Python statements (one line) that make gdb import and start the extension.
+
+    ``parent`` is first on sys.path only while ``qemu_chardev`` itself is imported (its
+    ``__init__`` imports nothing else; the rest of the package is found through the
+    package's own ``__path__``); the entry inserted for that is popped again, and
+    ``parent`` and the dependencies' folders are appended unless gdb's path has them."""
     parent = parent or package_parent()
     extra = [d for d in (dependency_dirs() if extra is None else extra) if d != parent]
     return ("import sys; "
-            f"sys.path.remove({parent!r}) if {parent!r} in sys.path else None; "
             f"sys.path.insert(0, {parent!r}); "
-            f"sys.path.extend(d for d in {extra!r} if d not in sys.path); "
-            "import qemu_chardev; qemu_chardev.start()")
+            "import qemu_chardev; "
+            "sys.path.pop(0); "
+            f"sys.path.extend(d for d in {[*extra, parent]!r} if d not in sys.path); "
+            "qemu_chardev.start()")
 
 
 def load_command(parent=None, extra=None):

@@ -3,6 +3,9 @@
   python3 -m qemu_chardev --gdb-init            the line for ~/.gdbinit (or gdb -ix FILE)
   python3 -m qemu_chardev --auto-load-script    a BINARY-gdb.py for gdb's auto-load
   python3 -m qemu_chardev --version
+
+Run them with the Python the package was installed into (a venv's bin/python): the line
+names the folders where that pip put the package and its dependencies.
 """
 import argparse
 import sys
@@ -22,8 +25,10 @@ def main(argv=None):
                       help="print the gdb command that loads the extension, for ~/.gdbinit: "
                            "python3 -m qemu_chardev --gdb-init >> ~/.gdbinit")
     what.add_argument("--auto-load-script", action="store_true",
-                      help="print a gdb auto-load script, to save as BINARY-gdb.py beside "
-                           "the QEMU binary or under gdb's debug directory")
+                      help="print a gdb auto-load script, to save as "
+                           "/usr/lib/debug/REALPATH-OF-BINARY-gdb.py (gdb's debug directory, "
+                           "trusted by default) or as BINARY-gdb.py beside the QEMU binary "
+                           "(then gdb needs 'add-auto-load-safe-path DIR' in ~/.gdbinit)")
     what.add_argument("--version", action="version", version=f"{NAME} {VERSION}")
     args = parser.parse_args(argv)
     if args.gdb_init:

@@ -56,7 +56,7 @@ BEGIN = "@@CHARDEV-POSTMORTEM-REPORT-BEGIN@@"
 END = "@@CHARDEV-POSTMORTEM-REPORT-END@@"
 DEFAULT_TIMEOUT = 300.0
 GDB_SETTINGS = ("set pagination off", "set style enabled off", "set confirm off",
-                "set width 0", "set height 0", "set debuginfod enabled off")
+                "set width 0", "set height 0")
 COMPRESSED = {  # extension: (magic, command or None for Python's lzma)
     ".zst": (b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-q", "-c", "--"]),
     ".lz4": (b"\x04\x22\x4d\x18", ["lz4", "-d", "-q", "-c", "--"]),
@@ -237,6 +237,7 @@ def gdb_argv(args, core):
     argv = [args.gdb, "-nx", "-batch"]
     for setting in GDB_SETTINGS:
         argv += ["-iex", setting]
+    argv += ["-iex", f"set debuginfod enabled {'on' if args.debuginfod else 'off'}"]
     diagnose = "qemu diagnose --json" + (" --no-census" if args.no_census else "")
     argv += ["-ex", gdbload.load_command(),
              "-ex", f'python gdb.write("{BEGIN}\\n"); gdb.flush()',
@@ -256,7 +257,8 @@ def _reason_from_stderr(stderr):
 def run_gdb(args, core, timeout):
     """The report dict gdb printed for ``core``; Unusable if none came back complete."""
     env = dict(os.environ, NO_COLOR="1")
-    env.pop("DEBUGINFOD_URLS", None)
+    if not args.debuginfod:     # no network, no waiting on a server, unless asked for
+        env.pop("DEBUGINFOD_URLS", None)
     try:
         proc = subprocess.Popen(gdb_argv(args, core), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
@@ -538,6 +540,11 @@ def parse_args(argv):
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="analyse N cores in parallel (default 1)")
     parser.add_argument("--gdb", default="gdb", metavar="PATH", help="the gdb to run")
+    parser.add_argument("--debuginfod", action="store_true",
+                        help="let gdb fetch missing debug info from the debuginfod servers in "
+                             "DEBUGINFOD_URLS ('set debuginfod enabled on'); by default "
+                             "DEBUGINFOD_URLS is removed from gdb's environment and gdb never "
+                             "asks a server")
     parser.add_argument("--no-census", action="store_true",
                         help="skip the GSource census (a scan of each core's writable memory)")
     parser.add_argument("--quiet", "-q", action="store_true",

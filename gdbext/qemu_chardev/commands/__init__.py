@@ -9,11 +9,15 @@ redefined prefix command together with its list of subcommands, and qemu-gdb.py 
 ``register`` puts a transparent subclass in place of ``gdb.Command`` for the scripts loaded
 afterwards; when one of them defines `qemu`, our subcommands are added to the new prefix
 right away.  Everything else about gdb.Command is left as it is.
+
+Tables fit gdb's ``width`` (the terminal's, or ``set width``; unlimited under ``gdb -batch``):
+``register`` gives it to the renderer, which reads it each time it draws a table.
 """
 import gdb
 
 from qemu_chardev.commands import chardev, diagnose, gsource, mutex, qiotask, watch
 from qemu_chardev.commands.base import HelpPrefix
+from qemu_chardev.render import base as render
 
 PREFIX = "qemu"
 SUBCOMMANDS = (*chardev.COMMANDS, *mutex.COMMANDS, *gsource.COMMANDS, *qiotask.COMMANDS,
@@ -56,7 +60,10 @@ def _install_redefinition_guard():
         _qemu_chardev_guard = True
 
         def __init__(self, name, *args, **kwargs):
-            super().__init__(name, *args, **kwargs)
+            # Not super(): qemu-gdb.py calls ``gdb.Command.__init__(self, ...)`` by name, and
+            # its qemugdb classes imported before this guard existed subclass gdb's own
+            # Command, so ``self`` need not be an instance of this class.
+            original.__init__(self, name, *args, **kwargs)
             if isinstance(name, str) and name.strip() == PREFIX \
                     and not isinstance(self, QemuPrefix):
                 _readd_after_redefinition()
@@ -65,9 +72,15 @@ def _install_redefinition_guard():
     gdb.Command = Command
 
 
+def _gdb_width():
+    """gdb's ``width``: columns, or None when unlimited."""
+    return gdb.parameter("width")
+
+
 def register():
     """Create the commands (an existing `qemu` prefix is reused) and keep them there when a
     script loaded later redefines the prefix."""
+    render.set_width_source(_gdb_width)
     made = [] if _prefix_exists() else [QemuPrefix()]
     made += _add_subcommands()
     _install_redefinition_guard()

@@ -17,6 +17,13 @@ class NoQemuDebugInfo(QcgError):
     pass
 
 
+# What to do about it, appended to every "no QEMU debug info" line (kept on that one line).
+DEBUG_INFO_HINT = (
+    "install its debug info: Debian: the binary's package's -dbgsym from the debug archive "
+    "(e.g. qemu-system-x86-dbgsym), Fedora: debuginfo-install qemu; or set DEBUGINFOD_URLS "
+    "and gdb fetches it itself ('set debuginfod enabled on')")
+
+
 def layouts():
     """The QOM layouts, or NoQemuDebugInfo if this binary has no QEMU debug info."""
     obj = Layout.of("Object", "struct Object")
@@ -26,7 +33,7 @@ def layouts():
     if None in (obj, klass, impl, prop):
         raise NoQemuDebugInfo(
             "no QEMU debug info: type Object/Chardev unknown (is this a QEMU binary built "
-            "with -g, and does it match the core?)")
+            f"with -g, and does it match the core?); {DEBUG_INFO_HINT}")
     return obj, klass, impl, prop
 
 
@@ -35,7 +42,8 @@ def chardev_layout():
     layout = Layout.of("Chardev", "struct Chardev")
     if layout is None:
         raise NoQemuDebugInfo("no QEMU debug info: type Chardev unknown (is this a QEMU "
-                              "binary built with -g, and does it match the core?)")
+                              "binary built with -g, and does it match the core?); "
+                              + DEBUG_INFO_HINT)
     return layout
 
 

@@ -2,6 +2,13 @@
 
 tabulate and pygments are optional at run time: without them the output is plain but
 complete, and ``MISSING_OPTIONAL`` says which is missing (the loader prints it once).
+
+Colour is the caller's decision (``colour`` arguments: the gdb side says yes only on a
+terminal, without NO_COLOR and with gdb's styling on).  Width is decided here, at render
+time, from ``set_width_source``: the gdb side gives gdb's ``width`` (the terminal's, or
+``set width``); a table wider than that is printed as one block per row instead, so that
+gdb does not fold its lines into an unreadable mess.  No source, or an unlimited width
+(gdb -batch, ``set width 0``): tables are never reshaped.
 """
 import json
 
@@ -40,9 +47,50 @@ def paint(text, colour, enabled):
     return f"\x1b[{_COLOURS[colour]}m{text}\x1b[0m"
 
 
-def table(headers, rows):
-    """A plain-text table (tabulate's "simple" format, or an aligned fallback)."""
+# Columns kept free for the indent some callers put in front of a table (the report's).
+TABLE_INDENT_ALLOWANCE = 2
+_width_source = []
+
+
+def set_width_source(source):
+    """``source()`` returns the output's width in columns, or None/0 for unlimited; the gdb
+    side sets it once (render never imports gdb).  ``None`` removes it."""
+    _width_source[:] = [source] if source is not None else []
+
+
+def output_width():
+    """The width tables must fit in, or None (unlimited, or nobody said)."""
+    if not _width_source:
+        return None
+    try:
+        width = _width_source[0]()
+    except Exception:       # a width we cannot read is no reason to fail a command
+        return None
+    return width if isinstance(width, int) and width > 0 else None
+
+
+def table(headers, rows, width=None):
+    """A plain-text table (tabulate's "simple" format, or an aligned fallback); when it is
+    wider than ``width`` (default ``output_width()``), one block of ``HEADER  value`` lines
+    per row instead."""
     rows = [["" if c is None else str(c) for c in row] for row in rows]
+    text = _grid(headers, rows)
+    width = output_width() if width is None else width
+    if width and rows and \
+            max(_visible_len(line) for line in text.splitlines()) + TABLE_INDENT_ALLOWANCE > width:
+        return _records(headers, rows)
+    return text
+
+
+def _records(headers, rows):
+    """Each row as lines of ``HEADER  value``, rows apart by a blank line."""
+    key_width = max(len(h) for h in headers)
+    blocks = ["\n".join(f"{h.ljust(key_width)}  {c}".rstrip() for h, c in zip(headers, row))
+              for row in rows]
+    return "\n\n".join(blocks)
+
+
+def _grid(headers, rows):
     if _tabulate is not None:
         return _tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     widths = [len(h) for h in headers]
