@@ -1,4 +1,8 @@
 """`qemu diagnose`: the one command that says what happened to a QEMU's chardevs."""
+import json
+
+import gdb
+
 from qemu_chardev.commands.base import QcgCommand, deferred
 
 report = deferred("qemu_chardev.readers.report")
@@ -8,7 +12,7 @@ report_render = deferred("qemu_chardev.render.report")
 class DiagnoseCommand(QcgCommand):
     """Diagnose a live QEMU or a core: the crash, every chardev and thread, and findings.
 
-Usage: qemu diagnose [--json] [--no-census]
+Usage: qemu diagnose [--json [--compact]] [--no-census]
 
 Reads, without changing anything: the crash (signal, crashing thread, its frames with the
 chardev / channel / task frames marked and their source lines), every chardev with its state,
@@ -29,9 +33,19 @@ as scripts/chardev-postmortem collects it."""
     def build_parser(self, parser):
         parser.add_argument("--no-census", action="store_true",
                             help="skip the GSource census (a scan of writable memory)")
+        parser.add_argument("--compact", action="store_true",
+                            help="with --json: the object on one line, without indentation "
+                                 "(what chardev-postmortem reads; several times faster to "
+                                 "write for thousands of chardevs)")
 
     def run(self, args, snap):
         obj = report.build_report(snap, ("gsource_census",) if args.no_census else ())
+        if args.json and args.compact:
+            # json.dumps with indent runs in pure Python: 0.3-0.5 s for 1000 chardevs, against
+            # 0.1 s on one line (C encoder).  Printed here; nothing else is (no text).
+            gdb.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            args.json = False
+            return None, obj
         if args.json:       # the text is not printed: do not render it (tables, colour)
             return None, obj
         # The base class appends snap.problems under the text; do not list them twice.
