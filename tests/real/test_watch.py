@@ -16,6 +16,7 @@ from pathlib import Path
 import support
 from support import procs
 from support import watch as sw
+from support.health import daemon_health, describe as describe_health
 
 MON0 = "mon_list.tqh_first->chr.chr"          # the monitor's chardev, found by plain gdb
 WARNING = "disconnect-without-write-lock"
@@ -162,8 +163,20 @@ def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
 def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workdir):
     """Some clients hang up while responses are being written.  Each connection is torn down
     once: by the main thread in tcp_chr_write with the lock (write error), or without it by
-    the I/O thread - a warning, or an error if the main thread held the lock meanwhile.  A
-    vulnerable QEMU may also crash here (the race striking): then the crash is reported."""
+    the I/O thread - a warning, or an error if the main thread held the lock meanwhile.
+
+    A vulnerable QEMU may also crash here: the race striking, with or without the catcher.
+    Measured with this load on the reverted 10.2: with no debugger attached, 2 SIGABRT in 546
+    runs (a kernel core of one: the main thread in tcp_chr_write's write-error teardown and
+    the monitor I/O thread in tcp_chr_hup's, both in tcp_chr_free_connection of mon0, the
+    main thread aborting in yank_unregister_function); under the catcher 9 in 117, the same
+    abort every time (its timing stops make the window likelier).  No run, with or without
+    the catcher, left a live daemon that did not answer QMP; the reverted 7.2 never crashed
+    (67 runs).  The crash can come after the last client hung up (no connection refused) or
+    after the catcher detached.  So the test asserts on what the catcher reported, and the
+    daemon's health afterwards is a fact in its output, except for what would be the
+    catcher's doing: a SIGTRAP death, an int3 or a debug register left behind, a crash while
+    watched that the catcher did not report."""
     build = qemu_reverted
     trace = has_chr_trace(build)
     with qsd(build, workdir, trace=trace) as (daemon, sock):
@@ -173,19 +186,30 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
             counts = sw.hangup_loop(sock, 30, 10)
             time.sleep(0.5)
             window = daemon.stderr_text()[before:]
-            rc = run.wait(60) if counts.refused else run.interrupt()
+            rc = run.interrupt()
         events = run.events()
         summary = run.summary
         crashed = [e for e in events if e["id"] == "crash"]
+        if crashed:       # the catcher let the signal through at its detach: QEMU dies of it
+            with contextlib.suppress(TimeoutError):
+                support.wait_until(lambda: not daemon.alive(), 10, what="the daemon to die")
+        health = daemon_health(daemon, sock)
+        print(f"hang-ups {counts}; catcher exit {rc}; {describe_health(health)}")
         sw.validate_events(events, summary)
         judged = len(events) - len(crashed) + summary["counters"]["locked_teardowns"]
+        facts = f"{describe_health(health)}\n{run.describe()}"
+        assert health["signal"] != "SIGTRAP" and not health["left_behind"], facts
         if crashed:
-            assert counts.refused and rc == 1, run.describe()
+            assert len(crashed) == 1 and rc == 1, facts
             assert summary["reason"].startswith("the process crashed"), summary["reason"]
-            assert judged + 1 >= counts.total, run.describe()
+            assert "tcp_chr_write" in stack_functions(crashed[0]["stack"]), crashed[0]
+            assert not health["alive"] and health["signal"] == crashed[0]["signal"], facts
+            assert judged + 1 >= counts.total, facts
         else:
-            assert judged == counts.total, run.describe()
-            assert rc == (1 if summary["errors"] else 0)
+            # watched to the end: every hang-up judged; a death after the detach is QEMU's
+            assert summary["reason"] == "stop requested", facts
+            assert judged == counts.total, facts
+            assert rc == (1 if summary["errors"] else 0), facts
         if trace:
             t = sw.disconnect_trace_counts(window, "mon0")
             # write-path teardowns need a write error first; the rest came without the lock
@@ -196,8 +220,6 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
                 assert event["writer_lwp"] == daemon.pid
                 assert {"qemu_chr_write_buffer", "tcp_chr_write"} & \
                     set(stack_functions(event["writer_stack"])), event
-        if not crashed:
-            assert_left_running(daemon, sock, qemu_reverted)
 
 
 # --- fixed build: never a report -----------------------------------------------------------------
