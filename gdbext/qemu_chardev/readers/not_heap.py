@@ -9,8 +9,9 @@ skips what ``not_heap`` returns.
 - RAMBlocks: ``ram_list.blocks`` (QLIST via ``next.le_next``), each block's ``host`` and
   ``max_length`` (the mapping reserved for it; ``used_length`` is the part in use), named by
   ``idstr``.  The same fields from QEMU 2.x to 10.x.
-- TCG: ``tcg_init_ctx.code_gen_buffer`` and ``code_gen_buffer_size`` (the whole buffer that
-  tcg/region.c splits into regions; QEMU 6.0+, and the same names before in tcg/translate-all.c).
+- TCG: ``tcg_init_ctx.code_gen_buffer`` and ``code_gen_buffer_size`` (the buffer that
+  tcg/region.c splits into regions, past the prologue at its first page; QEMU 6.0+, the same
+  names before in accel/tcg/translate-all.c).
 
 - Thread stacks: from the start of the writable mapping holding a thread's stack pointer up
   to the pointer (less the 128-byte red zone).  glibc puts a thread's guard page under its
@@ -113,9 +114,12 @@ def tcg_buffer(snap, is_mapped):
     except TargetReadError as exc:
         snap.note(f"tcg_init_ctx: {exc}; TCG code buffer not skipped")
         return []
-    if not _plausible(start, size, is_mapped):
+    # code_gen_buffer points past the prologue TCG wrote at the start of the buffer (7.2:
+    # 0x2d bytes in), the size counting from there: the buffer's page holds the prologue.
+    page = start & ~0xfff
+    if not start or not _plausible(page, size + start - page, is_mapped):
         return []
-    return [Span(start, start + size, "TCG code buffer")]
+    return [Span(page, start + size, "TCG code buffer")]
 
 
 def unused_stacks(snap, regions):
