@@ -377,9 +377,16 @@ def summarize(results, args, started):
         row["failing"] += bool(r["failures"])
         row["complete_true"] += bool(r["complete"])
         row["exit2"] += r["exit"] == 2
+    touched = [r for r in results if r["touched_read_set"]]
     return {"seed": args.seed, "cores": len(results),
             "failing_cores": sum(1 for r in results if r["failures"]),
             "failures_by_kind": kinds, "by_mutation": by_mut,
+            # memory mutations that changed bytes the healthy report read: how many the report
+            # noticed (complete false), and how many it did not but concluded the same
+            "read_set_touched": {"cores": len(touched),
+                                 "noticed": sum(1 for r in touched if r["complete"] is False),
+                                 "unnoticed_same_conclusions": sum(
+                                     1 for r in touched if r["complete"] and not r["failures"])},
             "seconds": round(time.monotonic() - started, 1),
             "failing": [r for r in results if r["failures"]]}
 

@@ -187,6 +187,23 @@ def test_impossible_values_are_reported_as_damaged_never_trusted(fixed72, idle, 
     assert "\x1b" not in text
 
 
+def test_a_zeroed_object_ref_is_no_use_after_free(race, tmp_path):
+    """mon0's Object.ref zeroed in the race core (its class, its chr_write_lock, its place in
+    /chardevs and its malloc chunk all say live): damaged, not chardev-use-after-free."""
+    address = int(race.summary["writer"]["chardev"]["address"], 16)
+    ref = gdb_value(race.binary, race.path, f"&((Object *){address:#x})->ref")
+    path = tmp_path / "ref0.core"
+    shutil.copyfile(race.path, path)
+    patch(path, mutate.CoreImage(path), ref, struct.pack("<I", 0))
+    report = report_of(postmortem(race.binary, path, census=False))
+    errors = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert errors == ["ioc-null-during-write"]          # the crash itself, nothing made of damage
+    assert report["complete"] is False
+    assert any(f"0x{address:x}" in p and "damaged" in p for p in report["problems"])
+    [judged] = [o for o in report["objects"] if o["kind"] == "chardev"]
+    assert judged["verdict"] == "damaged"
+
+
 def cut(core, length, tmp_path, name):
     out = tmp_path / name
     with open(core, "rb") as src, open(out, "wb") as dst:

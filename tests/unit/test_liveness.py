@@ -63,7 +63,8 @@ def test_qom_verdicts():
     assert judge.judge_qom(_obj(live_chunk()), ["chardev-socket", "chardev"], 2).verdict == ALIVE
     freed = judge.judge_qom(_obj(freed_chunk()), None, 0, ["its chr_write_lock was destroyed"])
     assert freed.verdict == FREED and freed.dead
-    assert judge.judge_qom(_obj(live_chunk()), ["chardev-socket"], 0).verdict == FINALIZED
+    assert judge.judge_qom(_obj(live_chunk()), ["chardev-socket"], 0,
+                           finalizing=True).verdict == FINALIZED
     assert judge.judge_qom(_obj(None), None, 0, ["lock destroyed"]).verdict == FINALIZED
 
 
@@ -97,6 +98,30 @@ def test_a_gsource_with_a_zero_count_and_intact_fields_is_damage_not_a_free():
     src = ObjectLiveness(address=ADDR, kind="gsource")
     src.chunk = judge.judge_chunk(freed_chunk(), 96)
     assert judge.judge_gsource(src, 0, 1, 0x1000, 0, priv=0x5555_0000_1000).verdict == FREED
+
+
+def test_a_zero_qom_ref_alone_is_damage_unless_a_finalizer_runs_or_signs_agree():
+    """One zeroed word (Object.ref) of a chardev whose class, lock and chunk say live is not
+    a finalized chardev: the campaign of issue #8 turned it into chardev-use-after-free."""
+    damaged = judge.judge_qom(_obj(live_chunk()), ["chardev-socket", "chardev"], 0)
+    assert damaged.verdict == DAMAGED
+    assert any("a damaged count" in e for e in damaged.evidence)
+    assert judge.judge_qom(_obj(live_chunk()), ["chardev-socket"], 0,
+                           finalizing=True).verdict == FINALIZED
+    assert judge.judge_qom(_obj(live_chunk()), ["chardev-socket"], 0,
+                           ["its chr_write_lock was destroyed"]).verdict == FINALIZED
+    assert judge.judge_qom(_obj(None), ["chardev-socket"], 0).verdict == FINALIZED
+
+
+def test_a_misaligned_pointer_has_no_chunk_and_names_no_free_gsource():
+    """A flipped low byte makes a pointer point inside some object: its "header" is garbage,
+    whatever it reads; the source it names is damaged, not freed."""
+    chunk = freed_chunk()
+    chunk.address += 1
+    assert judge.judge_chunk(chunk, 96).state == "unknown"
+    src = ObjectLiveness(address=ADDR + 1, kind="gsource")
+    src.chunk = judge.judge_chunk(chunk, 96)
+    assert judge.judge_gsource(src, 1 << 30, 0x7f, 0, 0).verdict == DAMAGED
 
 
 def test_task_and_mutex_verdicts():

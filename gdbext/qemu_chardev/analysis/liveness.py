@@ -15,6 +15,11 @@ MAX_QOM_REF = 1 << 20
 
 def judge_chunk(chunk, object_size=0):
     """Set ``chunk.state`` (in-use, free, unknown) and its evidence; returns the chunk."""
+    if chunk.address % glibc.MALLOC_ALIGNMENT:
+        chunk.state = CHUNK_UNKNOWN
+        chunk.evidence.append(f"0x{chunk.address:x} is not {glibc.MALLOC_ALIGNMENT}-byte "
+                              "aligned: no malloc chunk starts there (a damaged pointer?)")
+        return chunk
     if chunk.size_word is None:
         chunk.state = CHUNK_UNKNOWN
         chunk.evidence.append("malloc chunk header unreadable")
@@ -55,12 +60,14 @@ def _looks_safe_linked(chunk):
     return link == 0 or (link % glibc.MALLOC_ALIGNMENT == 0 and abs(link - chunk.address) < 1 << 32)
 
 
-def judge_qom(obj, type_names, ref, dead_signs=()):
+def judge_qom(obj, type_names, ref, dead_signs=(), finalizing=False):
     """Verdict of a QOM object (a Chardev, a QIOChannel) into ``obj``.
 
     ``type_names``: its type ancestry, or None when ``class`` no longer leads to a type;
     ``ref``: ``Object.ref``; ``dead_signs``: other evidence that it was finalized (e.g. "its
-    chr_write_lock was destroyed").  ``obj.chunk`` must be judged already (or None).
+    chr_write_lock was destroyed"); ``finalizing``: a thread's frame of a finalizer holds it.
+    ``obj.chunk`` must be judged already (or None).  ``ref`` 0 alone, with the type intact,
+    the allocator saying in use and no finalizer running on it, is one damaged word: damaged.
     """
     chunk_free = obj.chunk is not None and obj.chunk.state == CHUNK_FREE
     chunk_used = obj.chunk is not None and obj.chunk.state == CHUNK_IN_USE
@@ -80,6 +87,10 @@ def judge_qom(obj, type_names, ref, dead_signs=()):
         obj.verdict = DAMAGED if chunk_free else ALIVE
     elif chunk_free:
         obj.verdict = FREED
+    elif ref == 0 and type_names and chunk_used and not dead_signs and not finalizing:
+        obj.verdict = DAMAGED
+        obj.evidence.append("Object.ref 0, but its class still leads to its type, no finalizer "
+                            "runs on it and its chunk is in use: a damaged count")
     elif ref == 0 or dead_signs:
         # Finalized; with the class pointer gone too, the memory was freed and (partly)
         # overwritten, but without the allocator's word we say no more than finalized.
@@ -105,6 +116,11 @@ def judge_gsource(obj, ref_count, flags, context, priority, priv=None):
     chunk_state = obj.chunk.state if obj.chunk is not None else CHUNK_UNKNOWN
     if state == glib.UNREADABLE:
         obj.verdict = UNREADABLE
+    elif obj.address % glibc.MALLOC_ALIGNMENT:
+        # g_source_new() allocates with g_malloc0: no GSource starts at such an address
+        obj.verdict = DAMAGED
+        obj.evidence.append("no GSource starts at a misaligned address: the pointer to it is "
+                            "damaged")
     elif state == glib.FREED:
         intact = chunk_state != CHUNK_FREE and priv
         obj.verdict = DAMAGED if chunk_state == CHUNK_IN_USE or intact else FREED

@@ -13,8 +13,8 @@ from qemu_chardev.files import memscan
 from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model import glibc
 from qemu_chardev.model.errors import QcgError, TargetReadError
-from qemu_chardev.model.liveness import (CHARDEV, CHANNEL, GSOURCE, MUTEX, TASK, UNREADABLE,
-                                         ChunkFacts, Holder, ObjectLiveness)
+from qemu_chardev.model.liveness import (CHARDEV, CHANNEL, GSOURCE, MUTEX, POINTEE_KINDS, TASK,
+                                         UNREADABLE, ChunkFacts, Holder, ObjectLiveness)
 from qemu_chardev.readers import glib, process_memory, qom
 from qemu_chardev.readers.mutex import read_mutex
 from qemu_chardev.target import memory as target
@@ -158,8 +158,22 @@ class Liveness:
         except TargetReadError:
             names = None
         obj.chunk = self.chunk(obj.address, size)
-        judge.judge_qom(obj, names, view["ref"], list(dead_signs))
+        judge.judge_qom(obj, names, view["ref"], list(dead_signs),
+                        finalizing=self._finalizing(obj.address))
         return names
+
+    def _finalizing(self, address):
+        """True when a thread is in a finalizer (``*_finalize``, object_deinit) whose frame
+        holds ``address``: an Object.ref of 0 is then expected, not damage."""
+        try:
+            for _lwp, frame, _name, value in self.snap.frame_pointers(*POINTEE_KINDS):
+                function = frame.function or ""
+                if value == address and (function.endswith("finalize")
+                                         or function == "object_deinit"):
+                    return True
+        except QcgError:
+            return False
+        return False
 
     def _chardev(self, obj):
         layout = qom.chardev_layout()

@@ -18,7 +18,7 @@ from qemu_chardev.model.diagnosis import (DiagnosisInput, DisconnectLocking, Thr
                                           truncation_problem)
 from qemu_chardev.model.errors import QcgError
 from qemu_chardev.model.objects import ptr
-from qemu_chardev.model.liveness import CHANNEL, CHARDEV, POINTEE_KINDS, TASK, Holder
+from qemu_chardev.model.liveness import CHANNEL, CHARDEV, DAMAGED, POINTEE_KINDS, TASK, Holder
 from qemu_chardev.model.qemu import CHARDEV_CALLBACKS
 from qemu_chardev.readers import binary, census, crash, liveness
 from qemu_chardev.readers.chardev import census_chardevs, find_chardevs
@@ -215,6 +215,10 @@ def build_report(snap, skip_sections=()):
                            qemu_version=target_info.get("qemu_version"))
     facts.extra_findings.extend(extra_findings)
     facts.objects = _step(snap, "liveness", lambda: _judge_reached(alive, facts), list)
+    for obj in facts.objects:       # read, shown, never trusted: the report is not complete
+        if obj.verdict == DAMAGED:
+            why = next((e for e in obj.evidence if "damage" in e), obj.evidence[-1:] or [""])
+            snap.note(f"{obj.describe()}: damaged ({why if isinstance(why, str) else why[0]})")
     if assertion is not None:
         assertion["concerns"] = [{"address": ptr(o.address), "kind": o.kind,
                                   "verdict": o.verdict, "part_of": ptr(o.part_of)}
