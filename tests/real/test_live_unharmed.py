@@ -325,6 +325,33 @@ def _watch_gdb_killed(build, daemon, peers, mon):
     return inserted
 
 
+def _ctrl_c(build, daemon, command, ready):
+    """COMMAND running in gdb; Ctrl-C (SIGINT to gdb) while the inferior runs; gdb then
+    leaves at the end of its batch."""
+    gdb = _start_gdb(build, daemon.pid, [command], ready)
+    try:
+        gdb.proc.send_signal(signal.SIGINT)
+        result = gdb.finish(60)
+    finally:
+        gdb.kill()
+    assert "Traceback" not in result.stderr, result.describe()
+    return result
+
+
+def _watch_ctrl_c(build, daemon, peers, mon):
+    result = _ctrl_c(build, daemon, "qemu watch-disconnect --duration 600",
+                     lambda out: WATCHING in out)
+    assert "qemu watch-disconnect: interrupted" in result.outputs[0], result.describe()
+    return result.stdout
+
+
+def _trace_ctrl_c(build, daemon, peers, mon):
+    result = _ctrl_c(build, daemon, f"qemu gsource trace --timeout 600 {HUP}",
+                     lambda out: "@@QCG-BEGIN 0" in out)
+    assert "stopped: interrupted" in result.outputs[0], result.describe()
+    return result.stdout
+
+
 def _trace_timeout(build, daemon, peers, mon):
     result = support.run_gdb(build.storage_daemon, pid=daemon.pid, commands=[
         f"qemu gsource trace --timeout 2 {HUP}", "maint info breakpoints"])
@@ -401,7 +428,9 @@ ENDINGS = {
     "watch-error": _watch_error,
     "watch-duration": _watch_duration,
     "watch-gdb-killed": _watch_gdb_killed,
+    "watch-ctrl-c": _watch_ctrl_c,
     "trace-timeout": _trace_timeout,
+    "trace-ctrl-c": _trace_ctrl_c,
     "trace-error": _trace_error,
     "trace-gdb-killed": _trace_gdb_killed,
 }
