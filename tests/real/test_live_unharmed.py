@@ -401,6 +401,15 @@ def _catcher_ctrl_c(build, daemon, peers, mon, workdir):
     return run.stdout()
 
 
+def _catcher_error(build, daemon, peers, mon, workdir):
+    """The watch fails once gdb is attached (a label that is not a socket chardev): the script
+    exits 2 and gdb detaches."""
+    run = sw.CatcherRun(["--pid", daemon.pid, "mon0", "ring0"], workdir=Path(workdir) / "c")
+    rc = run.wait(120)
+    assert rc == 2 and "not a socket chardev" in run.stdout() + run.stderr(), run.describe()
+    return run.stderr()
+
+
 def _catcher_duration(build, daemon, peers, mon, workdir):
     run = _catcher(daemon, mon, workdir, ["--duration", "3"])
     rc = run.wait(60)
@@ -436,6 +445,7 @@ ENDINGS = {
 }
 CATCHER_ENDINGS = {
     "catcher-ctrl-c": _catcher_ctrl_c,
+    "catcher-error": _catcher_error,
     "catcher-duration": _catcher_duration,
     "catcher-gdb-killed": _catcher_gdb_killed,
 }
