@@ -128,8 +128,8 @@ def _watch_poll_sources(snap, address):
 def _damaged(snap, state, what):
     """A field value no live chardev has: shown as read, never trusted, noted."""
     state.problems.append(f"{DAMAGED_PREFIX}{what}")
-    snap.note(f"chardev {state.label or ''} at 0x{state.address:x}: damaged: {what}".replace(
-        "chardev  at", "chardev at"))
+    who = f"chardev {state.label} at" if state.label else "chardev at"
+    snap.note(f"{who} 0x{state.address:x}: damaged: {what}")
 
 
 def _read_socket_part(snap, state, layout, view, deep):
