@@ -204,6 +204,34 @@ def test_a_zeroed_object_ref_is_no_use_after_free(race, tmp_path):
     assert judged["verdict"] == "damaged"
 
 
+def test_found_by_the_campaign_garbage_lock_word_and_a_null_class_type(race, tmp_path):
+    """Two cores the fuzz campaign found: a chr_write_lock whose futex word is no glibc state
+    (was: "held, owner not recorded", a finding, complete: true) and a listener whose
+    ObjectClass.type is NULL (was: an IndexError).  Both are damage, named with the address."""
+    healthy = report_of(postmortem(race.binary, race.path, census=False))
+    mon0 = next(c for c in healthy["chardevs"] if c["label"] == "mon0")
+    lock = int(mon0["write_lock"]["address"], 16)
+    klass = gdb_value(race.binary, race.path, f"&((Object *){mon0['listener']})->class->type")
+    path = tmp_path / "lock-class.core"
+    shutil.copyfile(race.path, path)
+    img = mutate.CoreImage(path)
+    patch(path, img, lock, b"\x5a" * 4)
+    patch(path, img, klass, bytes(8))
+    done = postmortem(race.binary, path, census=False)
+    assert done.returncode == 1, done.stderr
+    report = report_of(done)
+    assert report["complete"] is False
+    assert not any("internal error" in p for p in report["problems"]), report["problems"]
+    assert any(f"QemuMutex at 0x{lock:x}: damaged: lock word 0x5a5a5a5a" in p
+               for p in report["problems"]), report["problems"]
+    assert any("ObjectClass.type is NULL" in p and mon0["listener"] in p
+               for p in report["problems"]), report["problems"]
+    [after] = [c for c in report["chardevs"] if c["label"] == "mon0"]
+    assert after["write_lock"]["locked"] is None and after["write_lock"]["status"] == "unknown"
+    ids = [f["id"] for f in report["findings"]]
+    assert "ioc-null-during-write" in ids and "write-lock-held" not in ids
+
+
 def cut(core, length, tmp_path, name):
     out = tmp_path / name
     with open(core, "rb") as src, open(out, "wb") as dst:

@@ -45,6 +45,12 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
         kind_word -= 1 << 32
     decoded = analysis.decode_pthread_mutex(lock, view.get(data + "__count", default=0),
                                             view.get(data + "__owner", default=0), kind_word)
+    impossible = _impossible_words(lock, kind_word)
+    if impossible:              # shown as read, never trusted: neither held nor free
+        state.problems.append(f"damaged: {impossible}")
+        snap.note(f"{kind} at 0x{address:x}: damaged: {impossible}")
+        state.lock_word = lock
+        return state
     state.locked = decoded["locked"]
     state.owner_lwp = decoded["owner_lwp"]
     state.lock_word = lock
@@ -75,6 +81,19 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
             if waited in (address, pthread_address):
                 state.waiters.append(snap.thread_ref(lwp))
     return state
+
+
+def _impossible_words(lock, kind_word):
+    """Why a pthread mutex's words cannot be a glibc mutex's, or None.  A normal, recursive,
+    error-checking or adaptive mutex's futex word is 0 (free), 1 (held) or 2 (held, waiters);
+    robust and priority-inheritance ones hold a TID instead."""
+    if lock is None or kind_word is None or kind_word == -1:
+        return None
+    if kind_word & (analysis.PTHREAD_MUTEX_ROBUST | analysis.PTHREAD_MUTEX_PRIO_INHERIT):
+        return None
+    if (lock & 0xFFFFFFFF) not in (0, 1, 2):
+        return f"lock word 0x{lock & 0xFFFFFFFF:x} is no glibc mutex state (0, 1 or 2)"
+    return None
 
 
 def lock_graph(snap):

@@ -71,6 +71,9 @@ def type_ancestry(snap, obj_address):
             raise TargetReadError("QOM type name (garbage)", type_address)
         names.append(name)
         type_address = view.get("parent_type")
+    if not names:               # ObjectClass.type NULL: no class of a live object has that
+        raise TargetReadError("QOM type (ObjectClass.type is NULL: damaged class)",
+                              class_address)
     snap.type_names[class_address] = names
     return names
 
