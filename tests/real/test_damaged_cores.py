@@ -232,6 +232,27 @@ def test_found_by_the_campaign_garbage_lock_word_and_a_null_class_type(race, tmp
     assert "ioc-null-during-write" in ids and "write-lock-held" not in ids
 
 
+def test_found_by_the_campaign_a_zeroed_class_and_next_size_word_is_no_free(race, tmp_path):
+    """mon0's class pointer and the size word of the malloc chunk after it zeroed: the
+    PREV_INUSE bit reads clear, but a zero is no chunk size and the chunk has no fd link, so
+    this is damage, not a freed chardev (was: chardev-use-after-free)."""
+    address = int(race.summary["writer"]["chardev"]["address"], 16)
+    path = tmp_path / "class-next.core"
+    shutil.copyfile(race.path, path)
+    img = mutate.CoreImage(path)
+    with open(path, "rb") as handle:
+        size = struct.unpack("<Q", img.read_at(handle, address - 8, 8))[0] & ~7
+    patch(path, img, address, bytes(8))
+    patch(path, img, address - 16 + size + 8, bytes(8))
+    report = report_of(postmortem(race.binary, path, census=False))
+    errors = [f["id"] for f in report["findings"] if f["severity"] == "error"]
+    assert "chardev-use-after-free" not in errors and "ioc-null-during-write" in errors
+    judged = [o for o in report["objects"] if o["kind"] == "chardev"
+              and o["address"] == f"0x{address:x}"]
+    assert judged and judged[0]["verdict"] == "damaged", judged
+    assert report["complete"] is False
+
+
 def cut(core, length, tmp_path, name):
     out = tmp_path / name
     with open(core, "rb") as src, open(out, "wb") as dst:

@@ -124,6 +124,23 @@ def test_a_misaligned_pointer_has_no_chunk_and_names_no_free_gsource():
     assert judge.judge_gsource(src, 1 << 30, 0x7f, 0, 0).verdict == DAMAGED
 
 
+def test_a_clear_prev_inuse_bit_is_a_free_only_with_a_size_and_an_fd_link():
+    """Campaign find: mon0's class pointer and the next chunk's size word zeroed read as a
+    chunk "free in a malloc bin" and made chardev-use-after-free."""
+    binned = ChunkFacts(address=ADDR, size_word=0x161, word0=0x7F0000001234, word1=0x7F00000012,
+                        next_size_word=0x30, tcache_key=KEY)
+    assert judge.judge_chunk(binned, 336).state == CHUNK_FREE
+    zero_next = ChunkFacts(address=ADDR, size_word=0x161, word0=0x7F0000001234, word1=1,
+                           next_size_word=0, tcache_key=KEY)
+    assert judge.judge_chunk(zero_next, 336).state == "unknown"
+    no_fd = ChunkFacts(address=ADDR, size_word=0x161, word0=0, word1=1, next_size_word=0x30,
+                       tcache_key=KEY)
+    assert judge.judge_chunk(no_fd, 336).state == "unknown"
+    obj = _obj(judge.judge_chunk(ChunkFacts(address=ADDR, size_word=0x161, word0=0, word1=1,
+                                            next_size_word=0, tcache_key=KEY), 336))
+    assert judge.judge_qom(obj, None, 1).verdict == DAMAGED
+
+
 def test_task_and_mutex_verdicts():
     task = ObjectLiveness(address=ADDR, kind="task")
     task.chunk = judge.judge_chunk(freed_chunk(), 64)

@@ -40,6 +40,17 @@ def judge_chunk(chunk, object_size=0):
         return chunk
     if chunk.next_size_word is not None and not chunk.size_word & glibc.IS_MMAPPED \
             and not chunk.next_size_word & glibc.PREV_INUSE:
+        if not glibc.plausible_size_word(chunk.next_size_word) or not chunk.word0:
+            # A chunk in a bin has its fd link set, and the next chunk's size word is a size:
+            # one zeroed word is not a free.
+            chunk.state = CHUNK_UNKNOWN
+            chunk.evidence.append(
+                f"the word after its {size}-byte chunk (0x{chunk.next_size_word:x}) has "
+                "PREV_INUSE clear, but " + ("it is no chunk size" if not
+                                            glibc.plausible_size_word(chunk.next_size_word)
+                                            else "its own first word (a free chunk's fd link) "
+                                                 "is 0") + ": damage, not evidence of a free")
+            return chunk
         chunk.state = CHUNK_FREE
         chunk.evidence.append(f"free: the chunk after its {size}-byte chunk has PREV_INUSE "
                               "clear (free in a malloc bin)")
