@@ -22,7 +22,7 @@ from qemu_chardev.model import glib as glib_facts
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.model.liveness import DEAD, GSOURCE
 from qemu_chardev.model.qemu import SOCKET_GSOURCE_FIELDS
-from qemu_chardev.readers import glib, process_memory, qom
+from qemu_chardev.readers import glib, not_heap, process_memory, qom
 from qemu_chardev.readers.qom import chardev_layout, socket_layout
 from qemu_chardev.readers.liveness import Liveness
 from qemu_chardev.readers.qiotask import tasks_in_threads
@@ -68,20 +68,26 @@ def take_census(snap, with_frames=True, window=memscan.WINDOW):
     census = ca.Census(anchors=dict(table), source=source)
     offsets = glib.gsource_offsets()
     try:
+        mapped = memscan.RegionMap(reader.regions, reader.extra_mapped)
+        is_mapped = mapped.__contains__
+        # Guest RAM, the TCG code buffer and unused stacks hold no GSource: not scanned.
+        spans = not_heap.not_heap(snap, is_mapped, reader.regions)
+        skipped = {}
         try:
-            hits, census.bytes_scanned = memscan.scan(reader, table,
-                                                      before=offsets["source_funcs"],
-                                                      span=glib_facts.GSOURCE_SIZE,
-                                                      window=window)
+            hits, census.bytes_scanned = memscan.scan(
+                reader, table, before=offsets["source_funcs"], span=glib_facts.GSOURCE_SIZE,
+                window=window, exclude=[(s.start, s.end, i) for i, s in enumerate(spans)],
+                skipped=skipped)
         except memscan.ScanError as exc:
             raise QcgError(str(exc)) from None
+        census.skipped = [dict(spans[i].to_json(), bytes=count)
+                          for i, count in sorted(skipped.items()) if count]
+        census.bytes_skipped = sum(skipped.values())
         census.regions_scanned = sum(1 for r in reader.regions if r.writable and
                                      (r.size if reader.kind == "core" else r.length))
         if reader.missing:
             snap.note(f"{reader.missing} bytes of writable memory could not be read "
                       f"(truncated core or unreadable mappings): the census may be short")
-        mapped = memscan.RegionMap(reader.regions, reader.extra_mapped)
-        is_mapped = mapped.__contains__
         _decode_hits(census, reader, hits, offsets, is_mapped, table)
         enricher = _Enricher(snap, reader, table)
         for rec in census.records:
