@@ -8,10 +8,10 @@ skips what ``not_heap`` returns.
 
 - RAMBlocks: ``ram_list.blocks`` (QLIST via ``next.le_next``), each block's ``host`` and
   ``max_length`` (the mapping reserved for it; ``used_length`` is the part in use), named by
-  ``idstr``.  The same fields from QEMU 2.x to 10.x.
+  ``idstr``.  The same names in QEMU 5.2, 7.2 and 10.2 (their sources checked).
 - TCG: ``tcg_init_ctx.code_gen_buffer`` and ``code_gen_buffer_size`` (the buffer that
   tcg/region.c splits into regions, past the prologue at its first page; QEMU 6.0+, the same
-  names before in accel/tcg/translate-all.c).
+  names before in accel/tcg/translate-all.c: 5.2, 7.2 and 10.2 checked; tested on 7.2).
 
 - Thread stacks: from the start of the writable mapping holding a thread's stack pointer up
   to the pointer (less the 128-byte red zone).  glibc puts a thread's guard page under its
