@@ -14,8 +14,9 @@ skips what ``not_heap`` returns.
   names before in accel/tcg/translate-all.c: 5.2, 7.2 and 10.2 checked; tested on 7.2).
 
 - Thread stacks: from the start of the writable mapping holding a thread's stack pointer up
-  to the pointer (less the 128-byte red zone).  glibc puts a thread's guard page under its
-  stack, so that mapping starts where the stack does; the main thread's [stack] likewise.
+  to the pointer (less the 128-byte red zone), when a guard page (not writable) lies right
+  under that mapping, as glibc and qemu_alloc_stack (coroutines) put it, so the mapping is a
+  stack; live, the main thread's [stack] too.
 
 Everything is read through ``Layout``/``View`` (one read per structure), bounded, and checked:
 a span is returned only when its start and size are plausible and it lies in mapped memory.
@@ -140,6 +141,13 @@ def unused_stacks(snap, regions):
                 continue
             i = bisect.bisect_right(starts, sp) - 1
             if i < 0 or not regions[i].writable or sp >= regions[i].end:
+                continue
+            # Only a stack: its guard page (not writable) right below it, as glibc and
+            # qemu_alloc_stack map them, or the main thread's [stack] (live).  A stack
+            # pointer that is garbage, or a stack inside a heap mapping, skips nothing.
+            below = regions[i - 1] if i > 0 else None
+            if not (below is not None and below.end == regions[i].start and not below.writable
+                    or regions[i].name == "[stack]"):
                 continue
             end = (sp - RED_ZONE) & ~7
             if end > regions[i].start:
