@@ -253,6 +253,29 @@ def test_found_by_the_campaign_a_zeroed_class_and_next_size_word_is_no_free(race
     assert report["complete"] is False
 
 
+def test_found_by_the_campaign_a_negative_owner_and_a_flipped_type_name(race, tmp_path):
+    """chr_write_lock's owner set to -1 (was: "held by LWP -1", a write-lock-held warning on a
+    complete report) and mon0's type name "chardev-socket" turned into "chardevTsocket" (was:
+    listed as a chardev of that type, complete): both are damage, noted."""
+    healthy = report_of(postmortem(race.binary, race.path, census=False))
+    mon0 = next(c for c in healthy["chardevs"] if c["label"] == "mon0")
+    lock = int(mon0["write_lock"]["address"], 16)
+    name = gdb_value(race.binary, race.path, f"((Object *){mon0['address']})->class->type->name")
+    path = tmp_path / "owner-type.core"
+    shutil.copyfile(race.path, path)
+    img = mutate.CoreImage(path)
+    patch(path, img, lock + 8, b"\xff" * 4)
+    patch(path, img, name + 7, b"T")
+    report = report_of(postmortem(race.binary, path, census=False))
+    assert report["complete"] is False
+    assert any(f"QemuMutex at 0x{lock:x}: damaged: owner -1 is no thread id" in p
+               for p in report["problems"]), report["problems"]
+    assert any("'chardevTsocket'" in p and "damaged" in p for p in report["problems"]), \
+        report["problems"]
+    assert not any(c["type"] == "chardevTsocket" for c in report["chardevs"])
+    assert "write-lock-held" not in [f["id"] for f in report["findings"]]
+
+
 def cut(core, length, tmp_path, name):
     out = tmp_path / name
     with open(core, "rb") as src, open(out, "wb") as dst:

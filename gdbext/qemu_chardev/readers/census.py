@@ -112,6 +112,10 @@ def _confirmed_frees(snap, pairs):
     out = []
     for owner, rec in pairs:
         verdict = alive.judge(rec.address, GSOURCE).verdict
+        if verdict in DEAD and not rec.funcs_name:
+            # freeing leaves source_funcs (offset 16) alone: a freed chunk without it was no
+            # GSource, and a pointer to it is a damaged pointer as much as a stale one
+            verdict = "freed memory that holds no GSourceFuncs"
         if verdict in DEAD:
             out.append((owner, rec))
         else:

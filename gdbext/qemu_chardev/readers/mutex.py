@@ -13,6 +13,9 @@ _KINDS = {
 }
 
 
+MAX_TID = 1 << 22              # Linux's PID_MAX_LIMIT on 64-bit
+
+
 def mutex_layout(kind):
     names, _p, _q = _KINDS[kind]
     layout = Layout.of(*names)
@@ -45,7 +48,7 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
         kind_word -= 1 << 32
     decoded = analysis.decode_pthread_mutex(lock, view.get(data + "__count", default=0),
                                             view.get(data + "__owner", default=0), kind_word)
-    impossible = _impossible_words(lock, kind_word)
+    impossible = _impossible_words(lock, kind_word, view.get(data + "__owner", default=0))
     if impossible:              # shown as read, never trusted: neither held nor free
         state.problems.append(f"damaged: {impossible}")
         snap.note(f"{kind} at 0x{address:x}: damaged: {impossible}")
@@ -73,8 +76,10 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
     if with_owner and state.owner_lwp:
         state.owner = snap.thread_ref(state.owner_lwp)
         if state.owner.num is None:
-            state.problems.append(f"owner LWP {state.owner_lwp} is not a thread of this process "
-                                  "(exited while holding the lock, or garbage)")
+            why = (f"owner LWP {state.owner_lwp} is not a thread of this process "
+                   "(exited while holding the lock, or garbage)")
+            state.problems.append(why)
+            snap.note(f"{kind} at 0x{address:x}: {why}")
     if with_waiters:
         pthread_address = address + (layout.field(pth.rstrip(".")).offset if pth else 0)
         for lwp, waited in sorted(snap.lock_waits().items()):
@@ -83,12 +88,14 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
     return state
 
 
-def _impossible_words(lock, kind_word):
+def _impossible_words(lock, kind_word, owner=0):
     """Why a pthread mutex's words cannot be a glibc mutex's, or None.  A normal, recursive,
     error-checking or adaptive mutex's futex word is 0 (free), 1 (held) or 2 (held, waiters);
-    robust and priority-inheritance ones hold a TID instead."""
+    robust and priority-inheritance ones hold a TID instead; an owner is a positive TID."""
     if lock is None or kind_word is None or kind_word == -1:
         return None
+    if owner and not 0 < owner < MAX_TID:
+        return f"owner {owner} is no thread id"
     if kind_word & (analysis.PTHREAD_MUTEX_ROBUST | analysis.PTHREAD_MUTEX_PRIO_INHERIT):
         return None
     if (lock & 0xFFFFFFFF) not in (0, 1, 2):

@@ -4,7 +4,8 @@
 info (TypeImpl is private to qom/object.c but gdb finds it in that unit's static block).
 Property tables are GHashTables, read by ``glib.HashTable`` without GLib debug info.
 """
-from qemu_chardev.readers import glib
+from qemu_chardev.files import elf as corefile
+from qemu_chardev.readers import binary, glib
 from qemu_chardev.target import memory as target
 from qemu_chardev.model.errors import QcgError, TargetReadError
 from qemu_chardev.target.memory import Layout
@@ -74,8 +75,30 @@ def type_ancestry(snap, obj_address):
     if not names:               # ObjectClass.type NULL: no class of a live object has that
         raise TargetReadError("QOM type (ObjectClass.type is NULL: damaged class)",
                               class_address)
+    for name in names:
+        if name.startswith("chardev") and not _static_type_name(name):
+            raise TargetReadError(f"QOM type name {name!r} (no chardev type of this binary "
+                                  "has it: damaged)", type_address or class_address)
     snap.type_names[class_address] = names
     return names
+
+
+_rodata = target.objfile_cache()
+
+
+def _static_type_name(name):
+    """True when ``name`` is a string of the binary's read-only data (chardev types are all
+    defined statically: TYPE_CHARDEV_SOCKET is "chardev-socket"), or when that data cannot be
+    read (nothing to check against)."""
+    if "data" not in _rodata:
+        objfile = binary.main_objfile()
+        try:
+            _rodata["data"] = corefile.section_bytes(objfile.filename, ".rodata") \
+                if objfile is not None and objfile.filename else None
+        except (OSError, corefile.ElfError):
+            _rodata["data"] = None
+    data = _rodata["data"]
+    return data is None or name.encode("utf-8", "replace") + b"\0" in data
 
 
 def type_name(snap, obj_address):
@@ -188,8 +211,14 @@ def _chardevs_in_tree(snap):
             snap.note(f"/chardevs/{name} at 0x{opaque:x}: listed twice (damaged table)")
             continue
         seen.add(opaque)
-        if is_a(snap, opaque, "chardev"):
+        try:
+            ancestry = type_ancestry(snap, opaque)
+        except TargetReadError as exc:
+            snap.note(f"/chardevs/{name} at 0x{opaque:x} is not a readable chardev object: "
+                      f"{exc}")
+            continue
+        if "chardev" in ancestry:
             found.append((name, opaque))
         else:
-            snap.note(f"/chardevs/{name} at 0x{opaque:x} is not a readable chardev object")
+            snap.note(f"/chardevs/{name} at 0x{opaque:x} is a {ancestry[0]}, not a chardev")
     return found
