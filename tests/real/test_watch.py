@@ -169,15 +169,20 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
     Measured with this load on the reverted 10.2: with no debugger attached, 2 SIGABRT in 546
     runs (a kernel core of one: the main thread in tcp_chr_write's write-error teardown and
     the monitor I/O thread in tcp_chr_hup's, both in tcp_chr_free_connection of mon0, the
-    main thread aborting in yank_unregister_function); under the catcher 9 in 117, the same
-    abort every time (its timing stops make the window likelier).  The reverted 7.2: once
-    in 78 runs under the catcher (SIGABRT, under tcp_chr_write), never in 15 without.  No
-    run, with or without the catcher, left a live daemon that did not answer QMP.  The crash
-    can come after the last client hung up (no connection refused) or after the catcher
-    detached.  So the test asserts on what the catcher reported, and the
-    daemon's health afterwards is a fact in its output, except for what would be the
-    catcher's doing: a SIGTRAP death, an int3 or a debug register left behind, a crash while
-    watched that the catcher did not report."""
+    main thread aborting in yank_unregister_function); under the catcher 46 in 788 (45 that
+    same abort, 1 SIGSEGV on the NULL ioc in qio_channel_writev_full, all under
+    tcp_chr_write: its timing stops make the window likelier).  The reverted 7.2: once in
+    about 80 runs under the catcher (SIGABRT, under tcp_chr_write), never in 15 without.  The
+    crash can come after the last client hung up (no connection refused) or after the
+    catcher detached.  A client can also be refused with no crash (3 of the 788): QEMU closes
+    its connection before the greeting (its trace shows one more teardown right after the
+    I/O thread's, by the main thread's write error) and goes on serving QMP, with the catcher
+    still attached; the catcher then watches on, so the test stops it and never waits for it
+    to end (waiting for it was the test's hang).  No run left a live daemon that did not
+    answer QMP.  So the test asserts on what the catcher reported, and the daemon's health
+    afterwards is a fact in its output, except for what would be the catcher's doing: a
+    SIGTRAP death, an int3 or a debug register left behind, a crash while watched that the
+    catcher did not report."""
     build = qemu_reverted
     trace = has_chr_trace(build)
     with qsd(build, workdir, trace=trace) as (daemon, sock):
@@ -207,9 +212,11 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
             assert not health["alive"] and health["signal"] == crashed[0]["signal"], facts
             assert judged + 1 >= counts.total, facts
         else:
-            # watched to the end: every hang-up judged; a death after the detach is QEMU's
+            # watched to the end: every hang-up judged; a death after the detach is QEMU's.
+            # A client refused without a crash was accepted and torn down before its
+            # greeting: one more teardown judged than hang-ups counted.
             assert summary["reason"] == "stop requested", facts
-            assert judged == counts.total, facts
+            assert counts.total <= judged <= counts.total + counts.refused, facts
             assert rc == (1 if summary["errors"] else 0), facts
         if trace:
             t = sw.disconnect_trace_counts(window, "mon0")
