@@ -198,7 +198,18 @@ while True:
         except OSError:
             stops[tid] = None
 fixed = []
-mem = os.open("/proc/%d/mem" % pid, os.O_RDWR)
+try:
+    mem = os.open("/proc/%d/mem" % pid, os.O_RDWR)
+except OSError as exc:      # no right to (e.g. Yama ptrace_scope 1 for a non-ancestor)
+    say("gdb (pid %d) died with process %d armed, which cannot be repaired (%s): its "
+        "breakpoints and debug registers may kill it with SIGTRAP" % (gdb_pid, pid, exc))
+    for tid, status in stops.items():
+        if status is not None:
+            try:
+                ptrace(DETACH, tid)
+            except OSError:
+                pass
+    sys.exit(1)
 for line in open("/proc/%d/maps" % pid):
     parts = line.split(None, 5)
     if len(parts) < 6 or parts[1][2] != "x" or parts[1][0] != "r" or not parts[5].startswith("/"):
