@@ -110,7 +110,7 @@ def catcher_loop(binary, at_once, mid_burst, trace):
             alive = qsd.alive() and sw.qmp_answers(sock)
     kinds = {}
     for e in events:
-        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+        kinds[e["id"]] = kinds.get(e["id"], 0) + 1
     c = summary["counters"]
     row = {"hangups": counts.total, "at_once": counts.at_once, "mid_burst": counts.mid_burst,
            "refused": counts.refused, "exit": rc,

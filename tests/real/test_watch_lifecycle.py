@@ -60,11 +60,11 @@ def test_callback_on_the_removed_chardev_is_caught_before_the_crash(version, wor
     alive, run = _websocket_then_remove(
         build, workdir, lambda d: sw.CatcherRun(["--pid", d.pid], workdir=Path(workdir) / "c"))
     events = run.events()
-    kinds = [e["kind"] for e in events]
+    kinds = [e["id"] for e in events]
     assert kinds and kinds[0] == "callback-on-finalized-chardev", run.describe()
     first = events[0]
     assert first["severity"] == "error"
-    assert "tcp_chr_websock_handshake() is about to run on a finalized chardev" in first["reason"]
+    assert "tcp_chr_websock_handshake() is about to run on a finalized chardev" in first["summary"]
     assert first["chardev"]["label"] == "ws0"
     assert any(f["function"] == "tcp_chr_websock_handshake" for f in first["stack"])
     assert not alive and "crash" in kinds[1:], "the crash it announced came after it"

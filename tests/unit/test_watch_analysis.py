@@ -178,7 +178,7 @@ def _frame(level, function, file=None, line=None):
 
 def _event(kind=wa.DISCONNECT_DURING_WRITE):
     return wa.WatchEvent(
-        id=7, kind=kind, reason="state connected -> disconnected by LWP 4242 ...",
+        id=kind, seq=7, reason="state connected -> disconnected by LWP 4242 ...",
         label="mon0", address=0x55D0C0A3E2B0, field_name="state", old=CONNECTED,
         new=DISCONNECTED, lwp=IO, thread=3, thread_name="IO mon_iothread",
         writer_lwp=MAIN if kind == wa.DISCONNECT_DURING_WRITE else None, writer_thread=1,
@@ -191,7 +191,7 @@ def test_event_json_has_the_fields_the_log_promises():
     obj = _event().to_json()
     json.dumps(obj)
     assert obj["seq"] == 7 and obj["id"] == wa.DISCONNECT_DURING_WRITE
-    assert obj["kind"] == obj["id"] and obj["reason"] == obj["summary"]   # the old names
+    assert "kind" not in obj and "reason" not in obj      # one name per fact: id, summary
     assert obj["summary"].startswith("state connected -> disconnected")
     assert obj["title"] == vocabulary.title(wa.DISCONNECT_DURING_WRITE)
     assert obj["severity"] == "error"

@@ -16,7 +16,7 @@ Nothing here touches gdb: every function takes plain values and is unit-tested d
 """
 import argparse
 import enum
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from qemu_chardev.model import qemu
@@ -245,9 +245,8 @@ class WatchEvent:
     """One report: a teardown without the lock (or a crash seen while watching).
 
     ``id`` is the rule (``model.vocabulary``, as a report finding's id), ``seq`` the event's
-    number in the session (1, 2, ...), ``reason`` its one-line summary.  The keywords of the
-    first version, ``WatchEvent(id=SEQ, kind=RULE, ...)``, are still accepted."""
-    id: object                 # the rule id (a str); an int here is the old ``seq``
+    number in the session (1, 2, ...), ``reason`` its one-line summary."""
+    id: str
     reason: str = ""
     label: Optional[str] = None
     address: Optional[int] = None
@@ -267,13 +266,8 @@ class WatchEvent:
     time: Optional[float] = None
     problems: List[str] = field(default_factory=list)
     seq: Optional[int] = None
-    kind: InitVar[Optional[str]] = None
 
-    def __post_init__(self, kind):
-        if kind is not None:            # WatchEvent(id=SEQ, kind=RULE): the old keywords
-            if self.seq is None and isinstance(self.id, int):
-                self.seq = self.id
-            self.id = kind
+    def __post_init__(self):
         vocabulary.rule(self.id)        # ValueError for an id outside the vocabulary
 
     @property
@@ -289,8 +283,7 @@ class WatchEvent:
         return self.reason
 
     def to_json(self):
-        """One event: docs/event-log-schema.json (``kind`` and ``reason`` repeat ``id`` and
-        ``summary`` under their names of the first version, for older readers)."""
+        """One event, as docs/event-log-schema.json describes it."""
         values = {"old": self.old, "new": self.new}
         if self.field_name == STATE_FIELD:
             values = {k: state_name(v) for k, v in values.items()}
@@ -306,7 +299,6 @@ class WatchEvent:
             "lock": self.lock, "signal": self.signal,
             "stack": self.stack, "writer_stack": self.writer_stack,
             "core": self.core, "problems": self.problems,
-            "kind": self.id, "reason": self.reason,
         }
 
 

@@ -43,8 +43,10 @@ disconnect).  Breakpoints on qmp_chardev_open_socket and char_socket_finalize fo
 chardevs created (chardev-add) and removed while watching.
 
 --stop leaves you at the scene (the disconnecting thread selected; the watch stays armed
-until 'qemu watch-disconnect --off').  --json-log appends one JSON object per event (id,
-kind, chardev label, lwp, writer_lwp, both stacks).  --core-dir writes a core per error.
+until 'qemu watch-disconnect --off').  --json-log appends one JSON object per event
+(docs/event-log-schema.json: seq, the rule's id, severity, title and summary as the report's
+findings have them, chardev, lwp, writer_lwp, both stacks).  --core-dir writes a core (0600,
+in a 0700 directory) per error.
 --summary-json writes the summary (counters, coverage, events) when a run ends.
 When the watch ends otherwise, every breakpoint and watchpoint it set is deleted.
 

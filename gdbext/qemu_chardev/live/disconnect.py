@@ -371,7 +371,7 @@ class DisconnectWatch:
         if verdict is None:
             return False
         event = wa.WatchEvent(
-            id=self.sink.new_id(), kind=verdict.kind,
+            id=verdict.kind, seq=self.sink.new_id(),
             reason=verdict.reason, label=tracked.label, address=tracked.address,
             field_name=field_name, old=old, new=new, lwp=lwp,
             thread=thread.num if thread else None, thread_name=thread.name if thread else None,
@@ -450,7 +450,7 @@ class DisconnectWatch:
         label = self.tracked[address].label if address in self.tracked else \
             self.finalized_labels.get(address)
         event = wa.WatchEvent(
-            id=self.sink.new_id(), kind=kind, reason=reason, label=label, address=address,
+            id=kind, seq=self.sink.new_id(), reason=reason, label=label, address=address,
             lwp=thread_lwp(thread), thread=thread.num if thread else None,
             thread_name=thread.name if thread else None, time=time.time(),
             stack=[f.to_json() for f in selected_thread_stack()])
@@ -508,7 +508,7 @@ class DisconnectWatch:
                 label, address = self.tracked[chardev].label, chardev
                 break
         event = wa.WatchEvent(
-            id=self.sink.new_id(), kind=wa.CRASH,
+            id=wa.CRASH, seq=self.sink.new_id(),
             reason=f"the process got {signal_name} in LWP {thread_lwp(thread)} while watched",
             label=label, address=address, lwp=thread_lwp(thread),
             thread=thread.num if thread else None, thread_name=thread.name if thread else None,
