@@ -125,7 +125,7 @@ def test_reverted_every_hangup_is_reported(qemu_reverted, workdir):
             else:
                 assert event["id"] == WARNING and event["writer_lwp"] is None
                 assert event["severity"] == "warning"
-            # one vocabulary with the report's findings; the first version's names remain
+            # one vocabulary with the report's findings, one name per fact
             assert "kind" not in event and "reason" not in event     # id and summary only
         assert [e["seq"] for e in events] == list(range(1, hangups + 1))
         summary = run.summary
