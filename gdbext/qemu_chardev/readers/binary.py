@@ -24,6 +24,8 @@ _LOCK_SYMBOLS = ("qemu_mutex_lock_func", "qemu_mutex_lock_impl", "qemu_rec_mutex
 _UNLOCK_SYMBOLS = ("qemu_mutex_unlock_impl", "qemu_rec_mutex_unlock_impl",
                    "pthread_mutex_unlock", "__pthread_mutex_unlock")
 _SYMBOL_RE = re.compile(r"<([A-Za-z_][\w.]*?)(?:@plt)?(?:\+\d+)?>")
+# A line of `maint info sections NAME`:  [16]  0x20d000->0x2630e8 at 0x0020d000: .rodata ...
+_SECTION_RE = re.compile(r"0x([0-9a-f]+)->0x([0-9a-f]+) at 0x([0-9a-f]+): (\S+)")
 
 _cache = target.objfile_cache()
 
@@ -34,11 +36,48 @@ def main_objfile():
     return objfiles[0] if objfiles else None
 
 
+def section_bytes(name):
+    """The bytes of section ``name`` of the program's executable, or None.
+
+    gdb already knows where the section lies in the file (`maint info sections`): reading
+    those bytes needs no ELF parser, where pyelftools would cost its import (tens of ms, most
+    of what `qemu chardev list` adds to gdb's own start) in every gdb.  pyelftools is the
+    fallback when gdb's answer cannot be read."""
+    key = ("section", name)
+    if key not in _cache:
+        _cache[key] = _read_section(name)
+    return _cache[key]
+
+
+def _read_section(name):
+    objfile = main_objfile()
+    if objfile is None or not objfile.filename:
+        return None
+    try:
+        listing = gdb.execute(f"maint info sections {name}", to_string=True)
+    except gdb.error:
+        listing = ""
+    for start, end, offset, section in _SECTION_RE.findall(listing):
+        if section != name:
+            continue
+        size = int(end, 16) - int(start, 16)
+        try:
+            with open(objfile.filename, "rb") as handle:
+                handle.seek(int(offset, 16))
+                data = handle.read(size)
+        except OSError:
+            return None
+        return data if len(data) == size else None
+    try:
+        return corefile.section_bytes(objfile.filename, name)
+    except (OSError, corefile.ElfError):
+        return None
+
+
 def qemu_version():
     """The version string in the binary's read-only data ("7.2.22"), or None."""
     if "version" not in _cache:
-        objfile = main_objfile()
-        _cache["version"] = corefile.qemu_version(objfile.filename) if objfile else None
+        _cache["version"] = corefile.qemu_version_in(section_bytes(".rodata"))
     return _cache["version"]
 
 

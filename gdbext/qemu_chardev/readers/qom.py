@@ -4,7 +4,6 @@
 info (TypeImpl is private to qom/object.c but gdb finds it in that unit's static block).
 Property tables are GHashTables, read by ``glib.HashTable`` without GLib debug info.
 """
-from qemu_chardev.files import elf as corefile
 from qemu_chardev.readers import binary, glib
 from qemu_chardev.target import memory as target
 from qemu_chardev.model.errors import QcgError, TargetReadError
@@ -83,21 +82,11 @@ def type_ancestry(snap, obj_address):
     return names
 
 
-_rodata = target.objfile_cache()
-
-
 def _static_type_name(name):
     """True when ``name`` is a string of the binary's read-only data (chardev types are all
     defined statically: TYPE_CHARDEV_SOCKET is "chardev-socket"), or when that data cannot be
     read (nothing to check against)."""
-    if "data" not in _rodata:
-        objfile = binary.main_objfile()
-        try:
-            _rodata["data"] = corefile.section_bytes(objfile.filename, ".rodata") \
-                if objfile is not None and objfile.filename else None
-        except (OSError, corefile.ElfError):
-            _rodata["data"] = None
-    data = _rodata["data"]
+    data = binary.section_bytes(".rodata")
     return data is None or name.encode("utf-8", "replace") + b"\0" in data
 
 
