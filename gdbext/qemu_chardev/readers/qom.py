@@ -191,7 +191,8 @@ def _chardevs_in_tree(snap):
     if not container:
         if len(snap.problems) > before:
             snap.note(f"QOM root 0x{root:x}: no /chardevs container could be read: chardevs "
-                      "are found only from thread frames and the GSource census")
+                      "are found only from thread frames (and, by `qemu diagnose` and "
+                      "`qemu chardev show`, from the GSource census)")
         return []
     found = []
     seen = set()
