@@ -231,7 +231,18 @@ def test_tables_follow_the_terminal_width(terminal):
     table = wide.command("qemu chardev list")
     assert re.search(r"^LABEL +TYPE +ADDRESS +STATE +IOC +SIOC +LISTENER +BE_OPEN +"
                      r"CHR_WRITE_LOCK *$", table, re.M), table
+    # 100 columns: the optional columns go, the rest stays a table, and a line says so
     narrow = terminal(rows=100, cols=100, env={"NO_COLOR": "1"})
-    assert_records(narrow.command("qemu chardev list"), 100)
+    compact = narrow.command("qemu chardev list")
+    assert re.search(r"^LABEL +TYPE +STATE +IOC +", compact, re.M), compact
+    assert "ADDRESS" not in compact.split("\n(")[0], compact
+    assert re.search(r"^\((ADDRESS, LISTENER)[A-Z_, ]* not shown at width 100; ", compact,
+                     re.M), compact
+    assert max(len(line) for line in compact.splitlines()) <= 100, compact
+    for label in LABELS:
+        assert re.search(rf"^{label}\s", compact, re.M), compact
+    # too narrow even without them: one block per chardev, every column kept
+    narrow.command("set width 50")
+    assert_records(narrow.command("qemu chardev list"), 50)
     narrow.command("set width unlimited")
     assert "LABEL    TYPE" in narrow.command("qemu chardev list")

@@ -71,3 +71,21 @@ def test_plain_table_fallback_aligns(monkeypatch):
     text = render.table(["A", "BB"], [["x", render.paint("yy", "red", True)]])
     lines = text.splitlines()
     assert lines[0].startswith("A  BB") and lines[2].startswith("x  ")
+
+
+def test_a_table_too_wide_drops_its_optional_columns_then_turns_into_blocks():
+    headers = ["LABEL", "ADDRESS", "STATE", "LISTENER"]
+    rows = [["mon0", "0x5574519fc5f0", "connected", "0x5574519fca90"]]
+    full = render.table(headers, rows, width=200, optional=("ADDRESS", "LISTENER"))
+    assert full.splitlines()[0].split() == headers
+    one = render.table(headers, rows, width=40, optional=("ADDRESS", "LISTENER"))
+    assert one.splitlines()[0].split() == ["LABEL", "STATE", "LISTENER"]
+    assert one.splitlines()[-1].startswith("(ADDRESS not shown at width 40;")
+    assert all(len(line) <= 40 for line in one.splitlines()[:-1])
+    two = render.table(headers, rows, width=25, optional=("ADDRESS", "LISTENER"))
+    assert two.splitlines()[0].split() == ["LABEL", "STATE"]
+    assert "ADDRESS, LISTENER not shown" in two
+    blocks = render.table(headers, rows, width=12, optional=("ADDRESS", "LISTENER"))
+    assert blocks.splitlines() == ["LABEL     mon0", "ADDRESS   0x5574519fc5f0",
+                                   "STATE     connected", "LISTENER  0x5574519fca90"]
+    assert render.table(headers, rows, width=None) == render.table(headers, rows, width=0)

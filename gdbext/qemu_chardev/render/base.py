@@ -6,8 +6,9 @@ complete, and ``MISSING_OPTIONAL`` says which is missing (the loader prints it o
 Colour is the caller's decision (``colour`` arguments: the gdb side says yes only on a
 terminal, without NO_COLOR and with gdb's styling on).  Width is decided here, at render
 time, from ``set_width_source``: the gdb side gives gdb's ``width`` (the terminal's, or
-``set width``); a table wider than that is printed as one block per row instead, so that
-gdb does not fold its lines into an unreadable mess.  No source, or an unlimited width
+``set width``); a table wider than that first leaves out the columns its caller marks
+optional, then, if still too wide, is printed as one block per row, so that gdb does not fold
+its lines into an unreadable mess.  No source, or an unlimited width
 (gdb -batch, ``set width 0``): tables are never reshaped.
 """
 import json
@@ -69,17 +70,32 @@ def output_width():
     return width if isinstance(width, int) and width > 0 else None
 
 
-def table(headers, rows, width=None):
-    """A plain-text table (tabulate's "simple" format, or an aligned fallback); when it is
-    wider than ``width`` (default ``output_width()``), one block of ``HEADER  value`` lines
-    per row instead."""
+def table(headers, rows, width=None, optional=()):
+    """A plain-text table (tabulate's "simple" format, or an aligned fallback) that fits in
+    ``width`` columns (default ``output_width()``): the ``optional`` columns are left out, in
+    that order, until it fits, and a line says which; a table that still does not fit is
+    printed as one block of ``HEADER  value`` lines per row, every column kept."""
     rows = [["" if c is None else str(c) for c in row] for row in rows]
-    text = _grid(headers, rows)
     width = output_width() if width is None else width
-    if width and rows and \
-            max(_visible_len(line) for line in text.splitlines()) + TABLE_INDENT_ALLOWANCE > width:
-        return _records(headers, rows)
-    return text
+    text = _grid(headers, rows)
+    if not width or not rows or _fits(text, width):
+        return text
+    keep = list(range(len(headers)))
+    dropped = []
+    for name in optional:
+        if name not in headers:
+            continue
+        keep.remove(headers.index(name))
+        dropped.append(name)
+        narrower = _grid([headers[i] for i in keep], [[row[i] for i in keep] for row in rows])
+        if _fits(narrower, width):
+            return (narrower + f"\n({', '.join(dropped)} not shown at width {width}; "
+                    "`set width 0` shows every column)")
+    return _records(headers, rows)
+
+
+def _fits(text, width):
+    return max(_visible_len(line) for line in text.splitlines()) + TABLE_INDENT_ALLOWANCE <= width
 
 
 def _records(headers, rows):
@@ -174,8 +190,10 @@ def chardev_list(chardevs, colour=False):
                      ch.be_open, lock_summary(ch.write_lock, colour)])
         for problem in ch.problems:
             notes.append(f"! {printable(ch.label) or hex(ch.address)}: {printable(problem)}")
+    # In a narrow terminal the addresses go first (`qemu chardev show` has them all), then
+    # what the other columns imply: STATE, IOC and the lock are the questions.
     text = table(["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "LISTENER", "BE_OPEN",
-                  "CHR_WRITE_LOCK"], rows)
+                  "CHR_WRITE_LOCK"], rows, optional=("ADDRESS", "LISTENER", "SIOC", "BE_OPEN"))
     return text + ("\n" + "\n".join(notes) if notes else "")
 
 
