@@ -11,7 +11,6 @@ truncation length, and the target addresses it touched ([(address, size)]) so th
 tell whether the report read any of them.  Patches are applied to a working copy and undone
 from the saved original bytes, so a campaign copies a large core once.
 """
-import random
 import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple

@@ -12,7 +12,6 @@ widened first, or gdb declines it).  The venvs are made once per module.
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

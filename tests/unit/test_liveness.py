@@ -82,7 +82,6 @@ def test_gsource_and_task_and_mutex_verdicts():
     assert judge.judge_gsource(src, 0, 1, 0x1000, 0).verdict == DAMAGED  # ref 0, chunk in use
     src = ObjectLiveness(address=ADDR, kind="gsource")
     assert judge.judge_gsource(src, 0, 1, 0x1000, 0).verdict == FREED      # no chunk facts
-    task = None
 
 
 def test_a_gsource_with_a_zero_count_and_intact_fields_is_damage_not_a_free():
