@@ -61,6 +61,15 @@ def patch(path, img, address, data):
         handle.write(data)
 
 
+def damaged_copy(core, path, *patches):
+    """A copy of CORE at PATH with each (address, bytes) of PATCHES written over it."""
+    shutil.copyfile(core, path)
+    img = mutate.CoreImage(path)
+    for address, data in patches:
+        patch(path, img, address, data)
+    return path
+
+
 def report_of(done):
     obj = json.loads(done.stdout)
     pm.validate_report(obj)
@@ -141,9 +150,7 @@ def test_heap_damaged_race_core_keeps_crash_block_locks_and_frame_chardevs(race,
     block, the threads, mon0 (found from the crashing thread's frames) and who holds its
     chr_write_lock are all still there, and so is the error finding."""
     slot = gdb_value(race.binary, race.path, "&object_get_root::root->properties")
-    path = tmp_path / "race-heap.core"
-    shutil.copyfile(race.path, path)
-    patch(path, mutate.CoreImage(path), slot, bytes(8))
+    path = damaged_copy(race.path, tmp_path / "race-heap.core", (slot, bytes(8)))
     done = postmortem(race.binary, path)
     assert done.returncode == 1, done.stderr
     report = report_of(done)
@@ -166,11 +173,8 @@ def test_impossible_values_are_reported_as_damaged_never_trusted(fixed72, idle, 
     address = {c["label"]: c["address"] for c in healthy["chardevs"]}
     state = gdb_value(binary, idle, f"&((SocketChardev *){address['mon0']})->state")
     label = gdb_value(binary, idle, f"((Chardev *){address['cli0']})->label")
-    path = tmp_path / "impossible.core"
-    shutil.copyfile(idle, path)
-    img = mutate.CoreImage(path)
-    patch(path, img, state, struct.pack("<I", 77))
-    patch(path, img, label + 1, b"\x1b")
+    path = damaged_copy(idle, tmp_path / "impossible.core",
+                        (state, struct.pack("<I", 77)), (label + 1, b"\x1b"))
     done = postmortem(binary, path, census=False)
     assert done.returncode == 0, done.stderr
     report = report_of(done)
@@ -192,9 +196,7 @@ def test_a_zeroed_object_ref_is_no_use_after_free(race, tmp_path):
     /chardevs and its malloc chunk all say live): damaged, not chardev-use-after-free."""
     address = int(race.summary["writer"]["chardev"]["address"], 16)
     ref = gdb_value(race.binary, race.path, f"&((Object *){address:#x})->ref")
-    path = tmp_path / "ref0.core"
-    shutil.copyfile(race.path, path)
-    patch(path, mutate.CoreImage(path), ref, struct.pack("<I", 0))
+    path = damaged_copy(race.path, tmp_path / "ref0.core", (ref, struct.pack("<I", 0)))
     report = report_of(postmortem(race.binary, path, census=False))
     errors = [f["id"] for f in report["findings"] if f["severity"] == "error"]
     assert errors == ["ioc-null-during-write"]          # the crash itself, nothing made of damage
@@ -212,11 +214,8 @@ def test_found_by_the_campaign_garbage_lock_word_and_a_null_class_type(race, tmp
     mon0 = next(c for c in healthy["chardevs"] if c["label"] == "mon0")
     lock = int(mon0["write_lock"]["address"], 16)
     klass = gdb_value(race.binary, race.path, f"&((Object *){mon0['listener']})->class->type")
-    path = tmp_path / "lock-class.core"
-    shutil.copyfile(race.path, path)
-    img = mutate.CoreImage(path)
-    patch(path, img, lock, b"\x5a" * 4)
-    patch(path, img, klass, bytes(8))
+    path = damaged_copy(race.path, tmp_path / "lock-class.core",
+                        (lock, b"\x5a" * 4), (klass, bytes(8)))
     done = postmortem(race.binary, path, census=False)
     assert done.returncode == 1, done.stderr
     report = report_of(done)
@@ -237,13 +236,11 @@ def test_found_by_the_campaign_a_zeroed_class_and_next_size_word_is_no_free(race
     PREV_INUSE bit reads clear, but a zero is no chunk size and the chunk has no fd link, so
     this is damage, not a freed chardev (was: chardev-use-after-free)."""
     address = int(race.summary["writer"]["chardev"]["address"], 16)
-    path = tmp_path / "class-next.core"
-    shutil.copyfile(race.path, path)
-    img = mutate.CoreImage(path)
-    with open(path, "rb") as handle:
+    img = mutate.CoreImage(race.path)
+    with open(race.path, "rb") as handle:
         size = struct.unpack("<Q", img.read_at(handle, address - 8, 8))[0] & ~7
-    patch(path, img, address, bytes(8))
-    patch(path, img, address - 16 + size + 8, bytes(8))
+    path = damaged_copy(race.path, tmp_path / "class-next.core",
+                        (address, bytes(8)), (address - 16 + size + 8, bytes(8)))
     report = report_of(postmortem(race.binary, path, census=False))
     errors = [f["id"] for f in report["findings"] if f["severity"] == "error"]
     assert "chardev-use-after-free" not in errors and "ioc-null-during-write" in errors
@@ -261,11 +258,8 @@ def test_found_by_the_campaign_a_negative_owner_and_a_flipped_type_name(race, tm
     mon0 = next(c for c in healthy["chardevs"] if c["label"] == "mon0")
     lock = int(mon0["write_lock"]["address"], 16)
     name = gdb_value(race.binary, race.path, f"((Object *){mon0['address']})->class->type->name")
-    path = tmp_path / "owner-type.core"
-    shutil.copyfile(race.path, path)
-    img = mutate.CoreImage(path)
-    patch(path, img, lock + 8, b"\xff" * 4)
-    patch(path, img, name + 7, b"T")
+    path = damaged_copy(race.path, tmp_path / "owner-type.core",
+                        (lock + 8, b"\xff" * 4), (name + 7, b"T"))
     report = report_of(postmortem(race.binary, path, census=False))
     assert report["complete"] is False
     assert any(f"QemuMutex at 0x{lock:x}: damaged: owner -1 is no thread id" in p
@@ -341,10 +335,8 @@ def test_a_gsource_count_zeroed_by_damage_is_no_use_after_free(fixed72, idle, tm
     healthy = report_of(postmortem(binary, idle, census=False))
     mon0 = next(c for c in healthy["chardevs"] if c["label"] == "mon0")
     source = next(g for g in mon0["gsources"] if g["role"] == "hup_source")
-    path = tmp_path / "refzero.core"
-    shutil.copyfile(idle, path)
-    img = mutate.CoreImage(path)
-    patch(path, img, int(source["address"], 16) + 24, struct.pack("<I", 0))
+    path = damaged_copy(idle, tmp_path / "refzero.core",
+                        (int(source["address"], 16) + 24, struct.pack("<I", 0)))
     done = postmortem(binary, path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     report = report_of(done)

@@ -223,11 +223,16 @@ def test_auto_load_from_the_debug_directory(venv, tmp_path, build, core):
                      "-iex", "set auto-load safe-path $debugdir:$datadir/auto-load",
                      "-ex", "qemu chardev list", "-ex", WHERE_FROM, "-ex", "info auto-load",
                      binary=binary, core=core)
+    assert_auto_loaded(done, script, venv)
+    assert "declined" not in done.stderr
+
+
+def assert_auto_loaded(done, script, venv):
+    """gdb loaded SCRIPT by itself (`info auto-load`), the installed copy answered."""
     assert done.returncode == 0, done.stderr
     assert_chardev_list(done.stdout)
     assert_installed_copy(done.stdout, venv)
     assert f"Yes     {script}" in done.stdout, done.stdout
-    assert "declined" not in done.stderr
 
 
 @pytest.fixture
@@ -245,10 +250,7 @@ def test_auto_load_beside_the_binary_after_add_auto_load_safe_path(venv, binary_
     done = gdb_batch("-iex", f"add-auto-load-safe-path {binary_copy.parent}",
                      "-ex", "qemu chardev list", "-ex", WHERE_FROM, "-ex", "info auto-load",
                      binary=binary_copy, core=core)
-    assert done.returncode == 0, done.stderr
-    assert_chardev_list(done.stdout)
-    assert_installed_copy(done.stdout, venv)
-    assert f"Yes     {script}" in done.stdout, done.stdout
+    assert_auto_loaded(done, script, venv)
 
 
 def test_auto_load_beside_the_binary_is_declined_without_the_safe_path(venv, binary_copy,

@@ -125,6 +125,23 @@ def kill_group(proc):
         pass
 
 
+def run_tracked(argv, timeout, timed_out, stdout=subprocess.PIPE, env=None):
+    """Run ``argv`` in its own session, killed with its group on timeout or when we are
+    stopped; (returncode, stdout bytes or None, stderr bytes).  Unusable(``timed_out``)
+    when it runs past ``timeout`` seconds."""
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    CLEANUP.started(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise Unusable(timed_out) from None
+    finally:
+        CLEANUP.finished(proc)
+    return proc.returncode, out, err
+
+
 # --- inputs ---------------------------------------------------------------------------------
 
 def _head(path, size=64):
@@ -192,17 +209,10 @@ def decompress(path, ext, workdir, timeout):
     if shutil.which(command[0]) is None:
         raise Unusable(f"cannot decompress {ext} cores: {command[0]} is not installed")
     with _private_file(out) as dst:
-        proc = subprocess.Popen(command + [path], stdout=dst, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        CLEANUP.started(proc)
-        try:
-            _out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            raise Unusable(f"decompression timed out after {timeout:g} s") from None
-        finally:
-            CLEANUP.finished(proc)
-    if proc.returncode != 0:
+        returncode, _out, err = run_tracked(
+            command + [path], timeout, f"decompression timed out after {timeout:g} s",
+            stdout=dst)
+    if returncode != 0:
         last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise Unusable(f"cannot decompress: {command[0]}: {last}")
     return out
@@ -261,22 +271,13 @@ def run_gdb(args, core, timeout):
     if not args.debuginfod:     # no network, no waiting on a server, unless asked for
         env.pop("DEBUGINFOD_URLS", None)
     try:
-        proc = subprocess.Popen(gdb_argv(args, core), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        returncode, stdout, stderr = run_tracked(
+            gdb_argv(args, core), timeout, f"gdb timed out after {args.timeout:g} s", env=env)
     except OSError as exc:
         raise Unusable(f"cannot run gdb {args.gdb}: {exc.strerror or exc}") from None
-    CLEANUP.started(proc)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise Unusable(f"gdb timed out after {args.timeout:g} s") from None
-    finally:
-        CLEANUP.finished(proc)
     stdout = stdout.decode("utf-8", "replace")
     stderr = stderr.decode("utf-8", "replace")
-    died = f"gdb crashed (signal {-proc.returncode})" if proc.returncode < 0 else None
+    died = f"gdb crashed (signal {-returncode})" if returncode < 0 else None
     start = stdout.find(BEGIN + "\n")
     # gdb without Python, too old, or unable to import the package: one line that says so
     # (a too-old gdb still prints the markers: `-batch` goes on after the failed load)
@@ -335,20 +336,11 @@ class Stored:
 def dump_stored(match, workdir, timeout):
     """`coredumpctl dump` the core stored for ``match`` into ``workdir``; its path."""
     out = os.path.join(workdir, "core")
-    proc = subprocess.Popen(binaries.coredumpctl_dump_argv(match, out),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    CLEANUP.started(proc)
-    try:
-        _out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise Unusable(f"coredumpctl dump timed out after {timeout:g} s") from None
-    finally:
-        CLEANUP.finished(proc)
-    if proc.returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) == 0:
-        raise Unusable(binaries.coredumpctl_reason(proc.returncode,
-                                                   err.decode(errors="replace")))
+    returncode, _out, err = run_tracked(
+        binaries.coredumpctl_dump_argv(match, out), timeout,
+        f"coredumpctl dump timed out after {timeout:g} s", stdout=subprocess.DEVNULL)
+    if returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) == 0:
+        raise Unusable(binaries.coredumpctl_reason(returncode, err.decode(errors="replace")))
     return out
 
 
