@@ -121,9 +121,12 @@ class CoreReader:
 
     kind = "core"
 
-    def __init__(self, path):
+    def __init__(self, path, segments=None):
+        """``segments``: (regions, missing, mappings) as ``core_regions`` returns them, when
+        the caller has them already (gdb has read the core's headers)."""
         self.path = path
-        self.regions, self.missing, self.extra_mapped = core_regions(path)
+        regions, self.missing, self.extra_mapped = segments or core_regions(path)
+        self.regions = list(regions)
         try:
             self._file = open(path, "rb")
         except OSError as exc:
