@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 ET_EXEC, ET_DYN, ET_CORE = 2, 3, 4
+_EI_DATA, _EI_NIDENT = 5, 16      # e_ident[EI_DATA]: 1 little-, 2 big-endian; then e_type
+_EHDR_TYPE_END = _EI_NIDENT + 2
+_BYTE_ORDER = {1: "<", 2: ">"}
 PF_W, PF_R = 2, 4
 MAX_NOTES_BYTES = 64 << 20        # a core's PT_NOTE with thousands of threads stays far below
 MAX_BINARY_NOTES_BYTES = 1 << 20  # an executable's PT_NOTE: a build-id, ABI tag, properties
@@ -215,15 +218,17 @@ def _e_type(elf):
 
 def elf_type(path):
     """The ELF file type of ``path`` as a number (``ET_EXEC``, ``ET_DYN``, ``ET_CORE``, ...),
-    or None if it is not an ELF file pyelftools can read.  OSError if it cannot be read."""
-    _need_pyelftools(path)
+    or None if it is not an ELF file.  OSError if it cannot be read.
+
+    Read from the ELF header alone, without pyelftools: e_type is the 16-bit field that
+    follows the 16 bytes of e_ident, in the byte order e_ident[EI_DATA] names.  This is asked
+    of every input before anything is analysed (is it a core, is BINARY an executable), and
+    pyelftools' import (60-80 ms) would be most of chardev-postmortem's own start."""
     with open(path, "rb") as handle:
-        if handle.read(4) != b"\x7fELF":
-            return None
-        try:
-            return _e_type(_pe.ElfFile(_Bounded(handle)))
-        except _pe.PARSE_ERRORS:
-            return None
+        head = handle.read(_EHDR_TYPE_END)
+    if len(head) < _EHDR_TYPE_END or head[:4] != b"\x7fELF" or head[_EI_DATA] not in _BYTE_ORDER:
+        return None
+    return struct.unpack_from(_BYTE_ORDER[head[_EI_DATA]] + "H", head, _EI_NIDENT)[0]
 
 
 def _program_headers(elf, path):
