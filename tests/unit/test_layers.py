@@ -43,6 +43,11 @@ LAZY_IMPORTS_ALLOWED = {
     ("render/base.py", "pygments.formatters"),
     ("render/base.py", "pygments.lexers"),
     ("files/memscan.py", "numpy"),             # optional accelerator of the census scan
+    # chardev-postmortem: every import before gdb starts delays it (render: tabulate, html,
+    # xml; compileall: after gdb has started; lzma: .xz cores only)
+    ("cli/postmortem.py", "qemu_chardev.render"),
+    ("cli/postmortem.py", "compileall"),
+    ("cli/postmortem.py", "lzma"),
     # pyelftools costs tens of ms to import: only when a file is parsed (files/elf._Pyelftools)
     ("files/elf.py", "elftools.common.exceptions"),
     ("files/elf.py", "elftools.construct"),

@@ -32,9 +32,7 @@ Runs with /usr/bin/python3 and the standard library only (tabulate and pygments 
 for nicer text when installed).
 """
 import argparse
-import compileall
 import concurrent.futures
-import lzma
 import os
 import shutil
 import signal
@@ -50,7 +48,14 @@ from qemu_chardev.files import elf as corefile
 from qemu_chardev.model import diagnosis
 from qemu_chardev.model.diagnosis import REPORT_SCHEMA
 from qemu_chardev.model.tool import VERSION as __version__
-from qemu_chardev.render import report as report_render
+
+
+def report_render():
+    """The report renderers, imported when the reports are written: until gdb has started,
+    every import is on the way to it (render.report pulls tabulate, html and xml: ~15 ms)."""
+    from qemu_chardev.render import report
+    return report
+
 
 BEGIN = "@@CHARDEV-POSTMORTEM-REPORT-BEGIN@@"
 END = "@@CHARDEV-POSTMORTEM-REPORT-END@@"
@@ -125,21 +130,36 @@ def kill_group(proc):
         pass
 
 
+class Tracked:
+    """A child in its own session, killed with its group on timeout, when it is no longer
+    wanted, or when we are stopped."""
+
+    def __init__(self, argv, stdout=subprocess.PIPE, env=None):
+        self.proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        CLEANUP.started(self.proc)
+
+    def wait(self, timeout, timed_out):
+        """(returncode, stdout bytes or None, stderr bytes); Unusable(``timed_out``) when it
+        runs past ``timeout`` seconds."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            raise Unusable(timed_out) from None
+        finally:
+            CLEANUP.finished(self.proc)
+        return self.proc.returncode, out, err
+
+    def abandon(self):
+        kill_group(self.proc)
+        self.proc.communicate()
+        CLEANUP.finished(self.proc)
+
+
 def run_tracked(argv, timeout, timed_out, stdout=subprocess.PIPE, env=None):
-    """Run ``argv`` in its own session, killed with its group on timeout or when we are
-    stopped; (returncode, stdout bytes or None, stderr bytes).  Unusable(``timed_out``)
-    when it runs past ``timeout`` seconds."""
-    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    CLEANUP.started(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise Unusable(timed_out) from None
-    finally:
-        CLEANUP.finished(proc)
-    return proc.returncode, out, err
+    """Run ``argv`` as a ``Tracked`` child to its end: (returncode, stdout, stderr)."""
+    return Tracked(argv, stdout, env).wait(timeout, timed_out)
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -200,6 +220,7 @@ def decompress(path, ext, workdir, timeout):
 
     command = COMPRESSED[ext][1]
     if command is None:
+        import lzma         # only for .xz cores
         try:
             with lzma.open(path, "rb") as src, _private_file(out) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -230,11 +251,15 @@ def fresh_bytecode():
     gdb's Python never writes bytecode (it runs with dont_write_bytecode set), so in a checkout
     whose sources changed every gdb recompiled them: 35-90 ms of each core's analysis, for the
     15 modules an edit had touched.  This Python is gdb's on Debian; for another one the files
-    are written under its own tag and change nothing.  A read-only install is left alone."""
+    are written under its own tag and change nothing.  A read-only install is left alone.
+    It runs once gdb has started: gdb imports the package only after it has opened the binary
+    and the core (a few hundred ms), and py_compile replaces a file atomically, so a gdb that
+    reads one meanwhile sees the old or the new bytecode, whole."""
     with _BYTECODE_LOCK:
         if _bytecode_checked:
             return
         _bytecode_checked.append(True)
+        import compileall   # ~14 ms: imported after gdb has started (see start_gdb)
         try:
             compileall.compile_dir(os.path.join(gdbload.package_parent(), "qemu_chardev"),
                                    quiet=2)
@@ -243,13 +268,14 @@ def fresh_bytecode():
 
 
 def gdb_argv(args, core):
-    fresh_bytecode()
     argv = [args.gdb, "-nx", "-batch"]
     for setting in GDB_SETTINGS:
         argv += ["-iex", setting]
     argv += ["-iex", f"set debuginfod enabled {'on' if args.debuginfod else 'off'}"]
     # --compact: one line (json.dumps without indent is the C encoder, several times faster)
-    diagnose = "qemu diagnose --json --compact" + (" --no-census" if args.no_census else "")
+    # --core-checked: analyse() has read the core's notes; gdb need not import pyelftools
+    diagnose = "qemu diagnose --json --compact --core-checked" + (
+        " --no-census" if args.no_census else "")
     argv += ["-ex", gdbload.load_command(),
              "-ex", f'python gdb.write("{BEGIN}\\n"); gdb.flush()',
              "-ex", diagnose,
@@ -265,16 +291,27 @@ def _reason_from_stderr(stderr):
     return errors[-1] if errors else None
 
 
-def run_gdb(args, core, timeout):
-    """The report dict gdb printed for ``core``; Unusable if none came back complete."""
+def start_gdb(args, core):
+    """gdb diagnosing ``core``, started: a ``Tracked`` for ``report_of``."""
     env = dict(os.environ, NO_COLOR="1")
     if not args.debuginfod:     # no network, no waiting on a server, unless asked for
         env.pop("DEBUGINFOD_URLS", None)
     try:
-        returncode, stdout, stderr = run_tracked(
-            gdb_argv(args, core), timeout, f"gdb timed out after {args.timeout:g} s", env=env)
+        started = Tracked(gdb_argv(args, core), env=env)
     except OSError as exc:
         raise Unusable(f"cannot run gdb {args.gdb}: {exc.strerror or exc}") from None
+    fresh_bytecode()
+    return started
+
+
+def run_gdb(args, core, timeout):
+    """The report dict gdb printed for ``core``; Unusable if none came back complete."""
+    return report_of(args, start_gdb(args, core), timeout)
+
+
+def report_of(args, gdb_run, timeout):
+    """The report dict the started gdb prints; Unusable if none came back complete."""
+    returncode, stdout, stderr = gdb_run.wait(timeout, f"gdb timed out after {args.timeout:g} s")
     stdout = stdout.decode("utf-8", "replace")
     stderr = stderr.decode("utf-8", "replace")
     died = f"gdb crashed (signal {-returncode})" if returncode < 0 else None
@@ -319,7 +356,8 @@ def stub_report(args, path, reason, program=None):
     """The report of a core that could not be analysed: the reason, nothing else."""
     binary = os.path.abspath(args.binary) if args.binary else None
     target = diagnosis.new_target("core", binary, os.path.abspath(path),
-                                  qemu_version=args.qemu_version, core_program=program)
+                                  qemu_version=binaries.qemu_version(binary) if binary else None,
+                                  core_program=program)
     return diagnosis.new_report(target, problems=[reason], error=reason)
 
 
@@ -348,8 +386,6 @@ def for_binary(args, path):
     """``args`` for one core whose binary is ``path`` (None: gdb is to fetch it)."""
     core_args = argparse.Namespace(**vars(args))
     core_args.binary = path
-    core_args.build_id = binaries.inspect(path).build_id if path else None
-    core_args.qemu_version = binaries.qemu_version(path) if path else None
     return core_args
 
 
@@ -362,6 +398,7 @@ def analyse(args, item):
     workdir = None
     program = None
     decompressed = False
+    early_gdb = None
     label = str(item)
     choice = binaries.given(args.binary) if args.binary else None
     core_args = args
@@ -382,6 +419,11 @@ def analyse(args, item):
             if ext:
                 core = decompress(label, ext, workdir, args.timeout)
                 decompressed = True
+        if choice is not None and not decompressed and not isinstance(item, Stored):
+            # BINARY is known: gdb starts now, and opens binary and core (most of its time)
+            # while the core's notes are checked below; a core that fails the check never
+            # gets its report read.
+            early_gdb = start_gdb(args, core)
         try:
             info = corefile.read_core(core)
         except corefile.ElfError as exc:
@@ -398,18 +440,22 @@ def analyse(args, item):
             if choice.path and not binaries.is_qemu_program(choice.path):
                 raise Unusable(binaries.not_qemu(program, choice))
         if core_args.binary is not None:
-            ok, reason = corefile.core_matches_binary(info, core_args.binary,
-                                                      core_args.build_id)
+            ok, reason = corefile.core_matches_binary(
+                info, core_args.binary, binaries.inspect(core_args.binary).build_id)
             if not ok:
                 raise Unusable(reason if choice.how == binaries.GIVEN
                                else f"{choice.line()}: {reason}")
         left = max(1.0, args.timeout - (time.monotonic() - started))
         try:
-            report = run_gdb(core_args, core, left)
+            if early_gdb is not None:
+                report, early_gdb = report_of(core_args, early_gdb, left), None
+            else:
+                report = run_gdb(core_args, core, left)
         except Unusable as exc:
             if choice.how == binaries.GIVEN:
                 raise
             raise Unusable(f"{choice.line()}: {exc}") from None
+        report["target"]["core_program"] = info.program
         if info.truncated:          # cut short after its notes: analysed, never complete
             diagnosis.mark_truncated(report, info.truncated, info.missing)
         if isinstance(item, Stored):
@@ -421,6 +467,8 @@ def analyse(args, item):
     except OSError as exc:
         report = stub_report(core_args, label, f"{exc.strerror or exc}", program)
     finally:
+        if early_gdb is not None:
+            early_gdb.abandon()
         if workdir is not None:
             CLEANUP.remove(workdir)
     if isinstance(item, Stored) and report.get("error"):
@@ -438,18 +486,18 @@ def analyse(args, item):
 
 def render(fmt, to_terminal, reports, skipped):
     if fmt == "json":
-        return json.dumps(report_render.envelope(reports), indent=2) + "\n"
+        return json.dumps(report_render().envelope(reports), indent=2) + "\n"
     if fmt == "junit":
-        return report_render.junit(reports)
+        return report_render().junit(reports)
     if fmt == "markdown":
-        return report_render.markdown(reports)
+        return report_render().markdown(reports)
     colour = to_terminal and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     if not reports:
         where = ", ".join(d for d, _n in skipped) or "the given directories"
         return f"No core files to analyse (none found in {where}).\n"
     if len(reports) == 1:
-        return report_render.text(reports[0], colour) + "\n"
-    return report_render.text_many(reports, colour) + "\n"
+        return report_render().text(reports[0], colour) + "\n"
+    return report_render().text_many(reports, colour) + "\n"
 
 
 def write_output(path, text):
@@ -480,12 +528,12 @@ def exit_status(reports):
 
 
 def progress(index, total, report):
-    name = report_render.report_name(report)
+    name = report_render().report_name(report)
     post = report.get("postmortem") or {}
     if report.get("error"):
         state = f"not analysed: {report['error']}"
     else:
-        state = f"{report_render.verdict(report)} ({report_render.counts_text(report)})"
+        state = f"{report_render().verdict(report)} ({report_render().counts_text(report)})"
     binary = post.get("binary") or {}
     found = f"; binary: {binary['path'] or '(none)'} ({binary['why']})" \
         if binary.get("how") and not report.get("error") else ""
@@ -616,13 +664,7 @@ def main(argv=None):
         return EXIT_UNUSABLE
     if args.binary:
         args.binary = os.path.abspath(args.binary)
-        try:
-            args.build_id = corefile.binary_build_id(args.binary)
-        except (OSError, corefile.ElfError):
-            args.build_id = None
-        args.qemu_version = corefile.qemu_version(args.binary)
     else:
-        args.build_id = args.qemu_version = None
         args.binary_index = binaries.BuildIdIndex(
             [os.path.abspath(d) for d in args.binary_dir])
     paths, skipped = expand_inputs(args.cores)
@@ -651,7 +693,7 @@ def main(argv=None):
         CLEANUP.everything()
     for report in reports:
         if report.get("error"):
-            print(f"chardev-postmortem: {report_render.report_name(report)}: "
+            print(f"chardev-postmortem: {report_render().report_name(report)}: "
                   f"{report['error']}", file=sys.stderr)
     outputs = [(args.format, args.output)] + args.write
     for fmt, path in outputs:

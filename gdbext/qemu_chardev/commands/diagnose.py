@@ -12,7 +12,7 @@ report_render = deferred("qemu_chardev.render.report")
 class DiagnoseCommand(QcgCommand):
     """Diagnose a live QEMU or a core: the crash, every chardev and thread, and findings.
 
-Usage: qemu diagnose [--json [--compact]] [--no-census]
+Usage: qemu diagnose [--json [--compact]] [--no-census] [--core-checked]
 
 Reads, without changing anything: the crash (signal, crashing thread, its frames with the
 chardev / channel / task frames marked and their source lines), every chardev with its state,
@@ -38,8 +38,14 @@ as scripts/chardev-postmortem collects it."""
                                  "(what chardev-postmortem reads; several times faster to "
                                  "write for thousands of chardevs)")
 
+        parser.add_argument("--core-checked", action="store_true",
+                            help="the core file's notes (program, build-id, truncation) were "
+                                 "checked by the caller: do not read them again "
+                                 "(chardev-postmortem passes it and adds them to the report)")
+
     def run(self, args, snap):
-        obj = report.build_report(snap, ("gsource_census",) if args.no_census else ())
+        obj = report.build_report(snap, ("gsource_census",) if args.no_census else (),
+                                  core_checked=args.core_checked)
         if args.json and args.compact:
             # json.dumps with indent runs in pure Python: 0.3-0.5 s for 1000 chardevs, against
             # 0.1 s on one line (C encoder).  Printed here; nothing else is (no text).

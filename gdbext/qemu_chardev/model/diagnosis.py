@@ -267,7 +267,7 @@ def mark_truncated(report, what, missing):
         target["missing_ranges"] = [range_json(s, e) for s, e in missing]
     problems = report.setdefault("problems", [])
     if not any(p.startswith("core file truncated") for p in problems):
-        problems.append(truncation_problem(what, missing))
+        problems.insert(0, truncation_problem(what, missing))   # what explains the rest
     report["complete"] = False
     return report
 

@@ -41,9 +41,13 @@ def _census_section(snap):
 SECTIONS = {"gsource_census": _census_section}
 
 
-def target_json(snap):
+def target_json(snap, read_notes=True):
     """The report's ``target``: binary, core, pid, QEMU version, build-id; raises QcgError
-    when the core was not dumped by this binary."""
+    when the core was not dumped by this binary.
+
+    ``read_notes`` False leaves the core's notes (program name, build-id match, truncation)
+    to a caller that has read them already: chardev-postmortem checks every core before it
+    starts gdb, and reading them again here costs pyelftools' import (60-80 ms)."""
     objfile = binary.main_objfile()
     binary_path = objfile.filename if objfile is not None else None
     core = inferior.core_file_path()
@@ -51,7 +55,7 @@ def target_json(snap):
     out = new_target(kind, binary_path, core, gdb.selected_inferior().pid or None,
                      getattr(objfile, "build_id", None) if objfile else None,
                      binary.qemu_version())
-    if core and binary_path:
+    if core and binary_path and read_notes:
         try:
             info = corefile.read_core(core)
         except (OSError, corefile.ElfError) as exc:
@@ -159,13 +163,14 @@ def _nested_problems(snap, chardevs, tasks):
             snap.note(f"QIOTask 0x{task.address:x} ({task.found_via}): {problem}")
 
 
-def build_report(snap, skip_sections=()):
+def build_report(snap, skip_sections=(), core_checked=False):
     """The complete report dict (see docs/report-schema.json); ``skip_sections`` names
-    optional sections not to compute (e.g. "gsource_census", a scan of writable memory).
+    optional sections not to compute (e.g. "gsource_census", a scan of writable memory);
+    ``core_checked``: the caller has read the core's notes (see ``target_json``).
 
     Every part is read on its own (``_step``): what fails is a problem of the report, which
     then says ``complete: false``, and the other parts are still there."""
-    target_info = target_json(snap)
+    target_info = target_json(snap, read_notes=not core_checked)
     alive = liveness.Liveness(snap)
     for lwp in snap.threads():      # full stacks first: later reads reuse them
         _step(snap, f"stack of LWP {lwp}", lambda lwp=lwp: snap.stack(lwp), None)
