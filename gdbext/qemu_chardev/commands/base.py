@@ -52,6 +52,12 @@ class ArgParser(argparse.ArgumentParser):
     def print_help(self, file=None):
         gdb.write(self.format_help())
 
+    def _get_formatter(self):
+        # argparse would ask shutil for the terminal's size, importing shutil, bz2 and lzma
+        # (~6 ms of a command's first run); gdb's `width` is the one that counts here.
+        width = render.output_width()
+        return self.formatter_class(prog=self.prog, width=width if width else 80)
+
 
 def require_target():
     """Raise unless there is a live process or a core to look at."""
