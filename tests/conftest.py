@@ -26,13 +26,19 @@ def pytest_configure(config):
         "markers", "real: needs real QEMU builds (fixtures/qemu/build-qemu); "
                    "versions from env QCG_QEMU_VERSIONS (default '7.2 10.2')")
     config.addinivalue_line(
+        "markers", "late: needs the qemu-system-x86_64 build, the slowest by far, which "
+                   "scripts/run-tests starts in the background: run after everything else")
+    config.addinivalue_line(
         "markers", "gdb: runs gdb on small C programs of fixtures/c/ that it compiles itself "
                    "(gcc, GLib headers); no QEMU; seconds")
 
 
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/real/ is marked `real`, so `-m 'not real'` skips it; everything
-    under tests/gdb/ is marked `gdb`, so `-m gdb` runs that tier alone."""
+    under tests/gdb/ is marked `gdb`, so `-m gdb` runs that tier alone.  Tests marked `late`
+    go last (in their order), so that a cold run builds what they need meanwhile."""
+    items[:] = ([item for item in items if item.get_closest_marker("late") is None]
+                + [item for item in items if item.get_closest_marker("late") is not None])
     for item in items:
         parents = Path(str(item.fspath)).parents
         if REAL_DIR in parents:

@@ -13,6 +13,9 @@ import pytest
 
 import support
 
+# needs the qemu-system-x86_64 build, which scripts/run-tests starts in the background
+pytestmark = pytest.mark.late
+
 GUEST_MIB = 1024
 WALK_RAM_LIST = "python exec(" + repr(
     "b = gdb.parse_and_eval('ram_list.blocks.lh_first')\n"
