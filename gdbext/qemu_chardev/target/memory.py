@@ -7,6 +7,7 @@ Structures are fetched with a single ``read_memory`` call and decoded in Python 
 
 Nothing here writes target memory or calls inferior functions.
 """
+import operator
 import os
 import struct
 
@@ -15,6 +16,7 @@ import gdb
 from qemu_chardev.model.errors import TargetReadError
 
 POINTER_SIZE = 8
+_PAGE = 4096
 _INT_FORMATS = {1: "b", 2: "h", 4: "i", 8: "q"}
 
 _type_cache = {}
@@ -67,10 +69,23 @@ def lookup_type(*names):
     return found
 
 
+_SCALAR_KINDS = ("pointer", "uint", "enum", "bool", "int")
+_structs = {}
+
+
+def _struct_of(fmt):
+    """A compiled ``struct.Struct`` per format, shared by every field and decoder."""
+    compiled = _structs.get(fmt)
+    if compiled is None:
+        compiled = _structs[fmt] = struct.Struct(fmt)
+    return compiled
+
+
 class Field:
     """Where a (possibly nested) field lives in a structure and how to decode it."""
 
-    __slots__ = ("offset", "size", "kind", "signed", "bitpos", "bitsize", "type")
+    __slots__ = ("offset", "size", "kind", "signed", "bitpos", "bitsize", "type", "code",
+                 "_unpack")
 
     def __init__(self, offset, size, kind, signed=False, bitpos=0, bitsize=0, gdb_type=None):
         self.offset = offset
@@ -80,23 +95,81 @@ class Field:
         self.bitpos = bitpos
         self.bitsize = bitsize
         self.type = gdb_type
+        # The struct format of a plain scalar, decided once: decode() is called tens of
+        # thousands of times for a thousand chardevs.  None: a bitfield or no scalar.
+        self.code = self._unpack = None
+        if not bitsize and kind in _SCALAR_KINDS and size in _INT_FORMATS:
+            fmt = _INT_FORMATS[size]
+            # "?": a one-byte bool unpacks as Python's bool, as C's _Bool reads
+            self.code = "?" if kind == "bool" and size == 1 else fmt if signed else fmt.upper()
+            self._unpack = _struct_of("<" + self.code).unpack_from
 
     def decode(self, buf, base=0):
         """Decode this field from ``buf`` (which starts ``base`` bytes before the struct)."""
-        start = base + self.offset
+        unpack = self._unpack
+        if unpack is not None:
+            value = unpack(buf, base + self.offset)[0]
+            return bool(value) if self.kind == "bool" else value
         if self.bitsize:
+            start = base + self.offset
             raw = int.from_bytes(buf[start:start + self.size], "little")
             value = (raw >> self.bitpos) & ((1 << self.bitsize) - 1)
             if self.signed and value >> (self.bitsize - 1):
                 value -= 1 << self.bitsize
             return bool(value) if self.kind == "bool" else value
-        if self.kind in ("pointer", "uint", "enum", "bool", "int"):
-            if self.size not in _INT_FORMATS:
-                return None
-            fmt = _INT_FORMATS[self.size]
-            value = struct.unpack_from("<" + (fmt if self.signed else fmt.upper()), buf, start)[0]
-            return bool(value) if self.kind == "bool" else value
         return None
+
+
+_NONE = (None,)
+
+
+class Decoder:
+    """Several fields of one layout decoded together: ``decoder(buf)`` is the tuple of their
+    values in the order asked, a field the layout lacks (or no scalar) as None.
+
+    Plain scalars that do not overlap are unpacked by one ``struct`` call and picked into
+    the order asked by one ``itemgetter``; bitfields and union members that overlap another
+    field are decoded one by one.  Built once per layout and list of fields
+    (``Layout.decoder``), for the readers that run once per object."""
+
+    __slots__ = ("_struct", "_pick", "_others", "_bools")
+
+    def __init__(self, fields):
+        plain = sorted(((f.offset, i, f) for i, f in enumerate(fields)
+                        if f is not None and f.code is not None), key=lambda t: t[:2])
+        fmt, end, positions, others = "<", 0, {}, []
+        for offset, i, f in plain:
+            if offset < end:        # overlaps the previous one (a union): decoded alone
+                others.append((i, f))
+                continue
+            fmt += (f"{offset - end}x" if offset > end else "") + f.code
+            end = offset + f.size
+            positions[i] = len(positions)
+        others += [(i, f) for i, f in enumerate(fields)
+                   if f is not None and f.code is None and f.bitsize]
+        self._struct = _struct_of(fmt) if positions else None
+        # the unpacked values with one None after them: a field not unpacked picks that
+        picked = [positions.get(i, len(positions)) for i in range(len(fields))]
+        if len(picked) > 1:
+            self._pick = operator.itemgetter(*picked)
+        else:           # itemgetter of one index gives the item, not a tuple
+            self._pick = lambda values, at=tuple(picked): tuple(values[i] for i in at)
+        self._others = tuple(others)
+        # a bool of one byte is unpacked as one ("?"); any other size is converted here
+        self._bools = tuple(i for i, f in enumerate(fields) if f is not None
+                            and f.kind == "bool" and f.code is not None and f.code != "?")
+
+    def __call__(self, buf, base=0):
+        values = self._struct.unpack_from(buf, base) + _NONE if self._struct else _NONE
+        out = self._pick(values)
+        if self._others or self._bools:
+            out = list(out)
+            for i, f in self._others:
+                out[i] = f.decode(buf, base)
+            for i in self._bools:
+                out[i] = bool(out[i])
+            out = tuple(out)
+        return out
 
 
 _KINDS = {gdb.TYPE_CODE_PTR: "pointer", gdb.TYPE_CODE_BOOL: "bool",
@@ -128,6 +201,7 @@ class Layout:
         self.name = str(gdb_type)
         self._fields = {}
         self._top = None
+        self._decoders = {}
 
     @classmethod
     def of(cls, *names):
@@ -136,6 +210,20 @@ class Layout:
             found = lookup_type(*names)
             _layout_cache[key] = cls(found) if found is not None else None
         return _layout_cache[key]
+
+    @classmethod
+    def of_pointee(cls, field):
+        """The ``Layout`` of what a pointer ``Field`` points to (its declared type), or None
+        when it is no pointer to a struct with a size."""
+        if field is None or field.kind != "pointer" or field.type is None:
+            return None
+        try:
+            pointee = field.type.strip_typedefs().target()
+            if pointee.strip_typedefs().code != gdb.TYPE_CODE_STRUCT or not pointee.sizeof:
+                return None
+        except (gdb.error, RuntimeError):
+            return None
+        return cls.of_type(pointee)
 
     @classmethod
     def of_type(cls, gdb_type):
@@ -154,6 +242,13 @@ class Layout:
 
     def has(self, path):
         return self.field(path) is not None
+
+    def decoder(self, paths):
+        """The ``Decoder`` of ``paths`` (a tuple of field paths) in this layout, built once."""
+        found = self._decoders.get(paths)
+        if found is None:
+            found = self._decoders[paths] = Decoder([self.field(p) for p in paths])
+        return found
 
     def top_level_fields(self):
         """(name, Field) for each named top-level member, in declaration order (computed once
@@ -203,12 +298,15 @@ class FixedLayout:
         self.size = size
         self._fields = {key: Field(spec[0], spec[1], spec[2], *spec[3:])
                         for key, spec in fields.items()}
+        self._decoders = {}
 
     def field(self, path):
         return self._fields.get(path)
 
     def has(self, path):
         return path in self._fields
+
+    decoder = Layout.decoder
 
     def top_level_fields(self):
         return list(self._fields.items())
@@ -225,18 +323,26 @@ class View:
         self.buf = buf
 
     def __getitem__(self, path):
-        f = self.layout.field(path)
+        # Layout.field inlined (its cache is a dict): views are decoded in every loop.
+        fields = self.layout._fields
+        f = fields[path] if path in fields else self.layout.field(path)
         if f is None:
             raise KeyError(f"{self.layout.name} has no field {path}")
         return f.decode(self.buf)
 
     def get(self, *paths, default=None):
         """Value of the first of ``paths`` this structure has, else ``default`` (n/a)."""
+        fields = self.layout._fields
         for path in paths:
-            f = self.layout.field(path)
+            f = fields[path] if path in fields else self.layout.field(path)
             if f is not None:
                 return f.decode(self.buf)
         return default
+
+    def values(self, *paths):
+        """(value of each of ``paths``), None for a field this version lacks: one ``struct``
+        unpack for all of them (``Layout.decoder``), for readers that run once per object."""
+        return self.layout.decoder(paths)(self.buf)
 
     def has(self, path):
         return self.layout.field(path) is not None
@@ -247,6 +353,16 @@ class View:
     def bytes_of(self, path):
         f = self.layout.field(path)
         return self.buf[f.offset:f.offset + f.size]
+
+    def holds(self, address, size):
+        """True when [address, address + size) lies inside this structure's bytes."""
+        return self.address <= address and address + size <= self.address + len(self.buf)
+
+    def inner(self, layout, address):
+        """A ``View`` of the structure at ``address`` inside this one (a Chardev's
+        chr_write_lock, a SocketChardev's Chardev), made of bytes already read."""
+        start = address - self.address
+        return View(layout, address, self.buf[start:start + layout.size])
 
 
 class Memory:
@@ -259,6 +375,7 @@ class Memory:
     def __init__(self, inferior=None):
         self.inferior = inferior or gdb.selected_inferior()
         self._cache = {}
+        self._longest = {}      # address -> the longest bytes read there
         self.reads = 0
         # QCG_READ_LOG=FILE: append "address size" of every read (the fuzzer's oracle of
         # which bytes a report depends on, recorded from a healthy run).
@@ -270,12 +387,20 @@ class Memory:
         key = (address, size)
         buf = self._cache.get(key)
         if buf is None:
+            longest = self._longest.get(address)
+            if longest is not None and len(longest) >= size:
+                # the start of a structure already read (an Object's class in its Chardev,
+                # a GSource in its IOWatchPoll): no second read of the same bytes
+                buf = self._cache[key] = longest[:size]
+                return buf
             try:
                 buf = bytes(self.inferior.read_memory(address, size))
             except (gdb.MemoryError, gdb.error, OverflowError, ValueError) as exc:
                 raise TargetReadError(what, address) from exc
             self.reads += 1
             self._cache[key] = buf
+            if longest is None or size > len(longest):
+                self._longest[address] = buf
             if self._log:
                 _log_read(self._log, address, size)
         return buf
@@ -287,8 +412,11 @@ class Memory:
         except TargetReadError:
             return None
 
-    def view(self, layout, address, what=None):
-        """Read ``layout.size`` bytes at ``address`` and return a ``View``."""
+    def view(self, layout, address, what=None, within=None):
+        """Read ``layout.size`` bytes at ``address`` and return a ``View``; when ``within`` (a
+        ``View``) already holds those bytes, they are taken from it instead of read again."""
+        if within is not None and within.holds(address, layout.size):
+            return within.inner(layout, address)
         return View(layout, address, self.read(address, layout.size, what or layout.name))
 
     def pointer(self, address, what="pointer"):
@@ -302,11 +430,24 @@ class Memory:
         An invalid UTF-8 byte reads as ``\\xNN`` (``model.text``: shown escaped, valid JSON)."""
         if not address:
             return None
+        # One read up to the end of the page (never past the end of a mapping) finds nearly
+        # every string (labels, type and property names) at once.
+        step = min(_PAGE - address % _PAGE, limit)
+        try:
+            piece = self.read(address, step, what)
+        except TargetReadError:
+            piece = None        # e.g. a core cut inside the page: the short reads below
+        if piece is not None:
+            nul = piece.find(b"\0")
+            if nul >= 0:
+                return piece[:nul].decode("utf-8", "backslashreplace")
+            if step == limit:
+                return piece.decode("utf-8", "backslashreplace") + "..."
         out = b""
         chunk = 64
         try:
             while len(out) < limit:
-                # Reading in aligned chunks avoids running off the end of a mapping.
+                # Aligned chunks: as much of the string as can be read.
                 step = min(chunk - (address + len(out)) % chunk, limit - len(out))
                 piece = self.read(address + len(out), step, what)
                 nul = piece.find(b"\0")

@@ -159,6 +159,7 @@ class Snapshot:
         self.mem = Memory()
         self.problems = []
         self.type_names = {}           # class address -> [type name, parent, ...]
+        self.object_types = {}         # object address -> the same list (read once)
         self._threads = None
         self._stacks = {}
         self._refs = {}
