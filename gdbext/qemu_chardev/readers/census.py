@@ -229,6 +229,7 @@ def _owners(snap, census, reader, offsets, with_frames):
 
 def _chardev_owners(snap):
     out = []
+    owned = SOCKET_GSOURCE_FIELDS + ("connect_task", "listener")
     base = chardev_layout()
     sock = socket_layout()
     for label, address in qom.chardevs_in_tree(snap):
@@ -240,20 +241,20 @@ def _chardev_owners(snap):
         except TargetReadError as exc:
             snap.note(f"chardev {label}: {exc}")
             continue
-        prefix = "parent." if is_socket else ""
-        gsource = view.get(prefix + "gsource")
+        if not is_socket:
+            gsource = view.get("gsource")
+            if gsource:
+                out.append(ca.Owner(gsource, "chardev", f"{label}.gsource", chardev=label))
+            continue
+        # every pointer a socket chardev owns sources through, in one unpack
+        gsource, *sources, task, listener = view.values("parent.gsource", *owned)
         if gsource:
             out.append(ca.Owner(gsource, "chardev", f"{label}.gsource", chardev=label))
-        if not is_socket:
-            continue
-        for role in SOCKET_GSOURCE_FIELDS:
-            value = view.get(role)
+        for role, value in zip(SOCKET_GSOURCE_FIELDS, sources):
             if value:
                 out.append(ca.Owner(value, "chardev", f"{label}.{role}", chardev=label))
-        task = view.get("connect_task")
         if task:
             out += _task_owners(snap, task, f"{label}.connect_task", chardev=label)
-        listener = view.get("listener")
         if listener:
             out += _listener_owners(snap, listener, label)
     for lwp, task in tasks_in_threads(snap):

@@ -29,27 +29,72 @@ CENSUS_CHARDEV_LIMIT = 256
 _enum_names = target.objfile_cache()
 
 
-def enum_name(field, value):
-    """Enumerator name of an enum field's value (cached per enum type)."""
+def _enumerators(field):
+    """{value: enumerator name} of an enum field's type (computed once per type)."""
     key = str(field.type)
     names = _enum_names.get(key)
     if names is None:
         names = {f.enumval: f.name for f in field.type.strip_typedefs().fields()}
         _enum_names[key] = names
-    return names.get(value, value)
+    return names
 
 
-def display_value(layout, view, name):
-    """A field as shown to users: pointers as 0x..., NULL as None, enums by name."""
-    field = layout.field(name)
-    if field is None:
-        return NA
-    value = field.decode(view.buf)
-    if field.kind == "pointer":
-        return None if not value else f"0x{value:x}"
-    if field.kind == "enum":
-        return enum_name(field, value)
-    return value
+# Chardev fields read_chardev decodes, all in one unpack (``View.values``).
+_CHARDEV_PATHS = ("label", "be_open", "be", "fe", "filename", "gsource")
+_plans = target.objfile_cache()
+
+
+class _SocketPlan:
+    """What ``_read_socket_part`` shows of one SocketChardev layout, worked out once per
+    layout instead of once per chardev: the fields (those of interest, then every other
+    scalar member), how each is shown, and one decoder for all of them."""
+
+    def __init__(self, layout):
+        names = list(SOCKET_FIELDS_OF_INTEREST)
+        for name, field in layout.top_level_fields():
+            if name not in names and name != "parent" and field is not None \
+                    and field.kind in ("pointer", "int", "uint", "bool", "enum"):
+                names.append(name)
+        self.names = tuple(names)
+        self.fields = tuple(layout.field(name) for name in names)
+        self.decoder = layout.decoder(self.names)
+        self.index = {name: i for i, name in enumerate(names)}
+        # How each is shown to users: pointers as 0x... (NULL as None), enums by name (a
+        # value no enumerator has as the number), a field this version lacks as n/a, the
+        # rest as decoded.
+        self.pointers = tuple((i, name) for i, (name, f) in enumerate(zip(names, self.fields))
+                              if f is not None and f.kind == "pointer")
+        self.enums = tuple((i, name, _enumerators(f))
+                           for i, (name, f) in enumerate(zip(names, self.fields))
+                           if f is not None and f.kind == "enum")
+        self.missing = tuple(name for name, f in zip(names, self.fields) if f is None)
+        # The declared type of each channel object (QIOChannel, QIOChannelSocket,
+        # QIONetListener): read whole, it holds the Object and what else is shown.  Read
+        # largest first, so that ioc, most often the same QIOChannelSocket as sioc, is a
+        # part of sioc's read.
+        self.pointees = {role: Layout.of_pointee(layout.field(role)) for role in SOCKET_OBJECTS}
+        self.object_order = sorted(
+            SOCKET_OBJECTS, key=lambda role: -(self.pointees[role].size
+                                               if self.pointees[role] is not None else 0))
+
+    @classmethod
+    def of(cls, layout):
+        plan = _plans.get(layout.name)
+        if plan is None:
+            plan = _plans[layout.name] = cls(layout)
+        return plan
+
+    def show(self, values):
+        """{name: value as shown} from the decoded ``values``."""
+        out = dict(zip(self.names, values))
+        for i, name in self.pointers:
+            value = values[i]
+            out[name] = f"0x{value:x}" if value else None
+        for i, name, enumerators in self.enums:
+            out[name] = enumerators.get(values[i], values[i])
+        for name in self.missing:
+            out[name] = NA
+        return out
 
 
 def read_chardev(snap, address, label=None, found_via="qom", in_tree=True, deep=False):
@@ -79,12 +124,15 @@ def read_chardev(snap, address, label=None, found_via="qom", in_tree=True, deep=
     except TargetReadError as exc:
         state.problems.append(str(exc))
         return state
-    prefix = "parent." if layout is not base else ""
+    # The Chardev part of a SocketChardev ("parent") is in the bytes just read.
+    chardev = view if layout is base else \
+        snap.mem.view(base, view.address_of("parent"), within=view)
+    label_ptr, be_open, be, fe, filename, gsource = chardev.values(*_CHARDEV_PATHS)
     try:
-        own_label = snap.mem.cstring(view[prefix + "label"], 256, "label")
+        own_label = snap.mem.cstring(label_ptr, 256, "label")
     except TargetReadError as exc:
         own_label = None
-        _damaged(snap, state, f"chr->label 0x{view[prefix + 'label']:x} unreadable ({exc})")
+        _damaged(snap, state, f"chr->label 0x{label_ptr:x} unreadable ({exc})")
     if own_label is not None and not qom.printable_name(own_label):
         _damaged(snap, state, f"chr->label {own_label!r} is not a printable NUL-terminated "
                               "string")
@@ -92,31 +140,41 @@ def read_chardev(snap, address, label=None, found_via="qom", in_tree=True, deep=
     if label is not None and own_label is not None and own_label != label:
         state.problems.append(f"QOM name {label!r} differs from chr->label {own_label!r}")
     state.label = own_label if own_label is not None else label
-    state.be_open = view.get(prefix + "be_open")
-    state.frontend = view.get(prefix + "be", prefix + "fe")
+    state.be_open = be_open
+    # the frontend field's name changed (be, then fe): the one this version has
+    state.frontend = be if base.has("be") else fe
     try:
-        state.filename = snap.mem.cstring(view.get(prefix + "filename"), 256, "filename")
+        state.filename = snap.mem.cstring(filename, 256, "filename")
     except TargetReadError:
         state.problems.append("filename unreadable")
-    lock_address = view.address_of(prefix + "chr_write_lock")
-    state.write_lock = read_mutex(snap, lock_address, with_waiters=deep)
+    lock_address = chardev.address_of("chr_write_lock")
+    state.write_lock = read_mutex(snap, lock_address, with_waiters=deep, within=chardev)
     if state.is_socket:
         _read_socket_part(snap, state, layout, view, deep)
-    if deep:
-        gsource = view.get(prefix + "gsource")
-        if gsource:
-            state.gsources[0:0] = _watch_poll_sources(snap, gsource)
+    if deep and gsource:
+        state.gsources[0:0] = _watch_poll_sources(snap, gsource)
     return state
 
 
 def _watch_poll_sources(snap, address):
-    """chr->gsource and, when it is an IOWatchPoll, the channel watch it drives (iwp->src)."""
-    outer = read_gsource(snap, address, role="gsource")
-    found = [outer]
+    """chr->gsource and, when it is an IOWatchPoll, the channel watch it drives (iwp->src).
+
+    chr->gsource is always an IOWatchPoll (io_add_watch_poll), which starts with its
+    GSource: the whole IOWatchPoll is read once and the GSource taken from it."""
     layout = Layout.of("IOWatchPoll", "struct IOWatchPoll")
+    whole = None
+    if layout is not None and layout.has("src"):
+        try:
+            whole = snap.mem.view(layout, address, "IOWatchPoll")
+        except TargetReadError:
+            whole = None    # read as a GSource alone below, and said so if it is one
+    outer = read_gsource(snap, address, role="gsource", within=whole)
+    found = [outer]
     if outer.funcs_symbol == "io_watch_poll_funcs" and layout is not None and layout.has("src"):
         try:
-            inner = snap.mem.view(layout, address, "IOWatchPoll")["src"]
+            if whole is None:
+                whole = snap.mem.view(layout, address, "IOWatchPoll")
+            inner = whole["src"]
         except TargetReadError as exc:
             outer.problems.append(f"IOWatchPoll: {exc}")
             inner = 0
@@ -133,40 +191,61 @@ def _damaged(snap, state, what):
 
 
 def _read_socket_part(snap, state, layout, view, deep):
-    raw_state = display_value(layout, view, "state")
+    plan = _SocketPlan.of(layout)
+    values = plan.decoder(view.buf)
+    state.fields = fields = plan.show(values)
+    raw_state = fields["state"]
     state.state = qemu.socket_state_name(raw_state)
     if isinstance(raw_state, int):        # no enumerator has this value
         _damaged(snap, state, f"state {raw_state} is outside the TCPChardevState enum")
-    state.ioc = view["ioc"]
-    state.sioc = view["sioc"]
-    state.listener = view["listener"]
-    state.fields = {name: display_value(layout, view, name) for name in SOCKET_FIELDS_OF_INTEREST}
-    state.fields["state"] = state.state
-    for name, field in layout.top_level_fields():
-        if name not in state.fields and name != "parent" and field is not None \
-                and field.kind in ("pointer", "int", "uint", "bool", "enum"):
-            state.fields[name] = display_value(layout, view, name)
+    fields["state"] = state.state
+    index = plan.index
+    state.ioc = values[index["ioc"]]
+    state.sioc = values[index["sioc"]]
+    state.listener = values[index["listener"]]
     if not deep:
         return
     for role in qemu.SOCKET_GSOURCE_FIELDS:
-        address = view[role]
+        address = values[index[role]]
         if address:
             state.gsources.append(read_gsource(snap, address, role=role))
-    for role in SOCKET_OBJECTS:
-        address = view[role]
+    objects = {}
+    for role in plan.object_order:
+        address = values[index[role]]
         if address:
-            state.objects.append(read_object(snap, address, role))
-    task = view.get("connect_task")
+            objects[role] = read_object(snap, address, role, plan.pointees[role])
+    state.objects += [objects[role] for role in SOCKET_OBJECTS if role in objects]
+    task = values[index["connect_task"]]
     if task:
         state.connect_task = read_qiotask(snap, task, found_via=f"{state.label}.connect_task")
 
 
-def read_object(snap, address, role):
-    """An ObjectState: QOM type, refcount and, for socket channels, the fd."""
+def read_object(snap, address, role, declared=None):
+    """An ObjectState: QOM type, refcount and, for socket channels, the fd.
+
+    ``declared``: the ``Layout`` of the pointer's declared type (a QIOChannelSocket for
+    ``sioc``), read whole once: the Object at its start and the fd are in it."""
     state = ObjectState(address=address, role=role)
+    obj_layout = qom.layouts()[0]
+    whole = None
+    if declared is not None and declared.size >= obj_layout.size:
+        try:
+            whole = snap.mem.view(declared, address, declared.name)
+        except TargetReadError:
+            whole = None    # the Object alone below, for the error that says what failed
     try:
-        state.type = qom.type_ancestry(snap, address)[0]
-        state.ref = qom.object_ref(snap, address)
+        # Object's class and ref in one read (the one liveness makes too)
+        try:
+            obj = snap.mem.view(obj_layout, address, "Object", within=whole)
+        except TargetReadError:
+            obj = None        # read field by field below, for the error that names which
+        if obj is not None:
+            class_address, ref = obj.values("class", "ref")
+            state.type = qom.type_ancestry(snap, address, class_address=class_address)[0]
+            state.ref = ref
+        else:
+            state.type = qom.type_ancestry(snap, address)[0]
+            state.ref = qom.object_ref(snap, address)
     except TargetReadError as exc:
         state.problems.append(str(exc))
         return state
@@ -177,7 +256,8 @@ def read_object(snap, address, role):
         layout = Layout.of("QIOChannelSocket", "struct QIOChannelSocket")
         if layout is not None and layout.has("fd"):
             try:
-                state.fd = snap.mem.view(layout, address, "QIOChannelSocket")["fd"]
+                state.fd = snap.mem.view(layout, address, "QIOChannelSocket",
+                                         within=whole)["fd"]
             except TargetReadError as exc:
                 state.problems.append(str(exc))
     return state
@@ -248,9 +328,14 @@ def census_chardevs(snap, census, seen, deep=False):
         candidate, why = None, None
         if rec.funcs_name == "io_watch_poll_funcs" and opaque is not None:
             try:
-                candidate = snap.mem.pointer(rec.address + opaque.offset, "IOWatchPoll.opaque")
+                # the IOWatchPoll a chardev's read already holds (one read per structure)
+                candidate = snap.mem.view(iwp, rec.address, "IOWatchPoll")["opaque"]
             except TargetReadError:
-                continue
+                try:
+                    candidate = snap.mem.pointer(rec.address + opaque.offset,
+                                                 "IOWatchPoll.opaque")
+                except TargetReadError:
+                    continue
             why = f"census: IOWatchPoll 0x{rec.address:x} opaque"
         elif rec.callback_name in CENSUS_CALLBACKS and rec.callback_data:
             _func, candidate = glib.read_gsource_callback(snap.mem.try_read, rec.callback_data)

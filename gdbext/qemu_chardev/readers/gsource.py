@@ -8,32 +8,34 @@ from qemu_chardev.target import memory as target
 NAME_LIMIT = 96
 
 
-def read_gsource(snap, address, role=None):
-    """A GSourceState with decoded flags, symbols and its state (``model.glib.STATES``)."""
+_FIELDS = ("ref_count", "flags", "context", "source_id", "priority", "source_funcs", "name",
+           "callback_data")
+
+
+def read_gsource(snap, address, role=None, within=None):
+    """A GSourceState with decoded flags, symbols and its state (``model.glib.STATES``).
+
+    ``within``: a ``View`` already read that starts with this GSource (an IOWatchPoll)."""
     src = GSourceState(address=address, role=role)
     try:
-        view = snap.mem.view(glib.gsource_layout(), address, "GSource")
+        view = snap.mem.view(glib.gsource_layout(), address, "GSource", within=within)
     except TargetReadError as exc:
         src.problems.append(str(exc))
         src.state = glib_facts.UNREADABLE
         return src
-    src.ref_count = view["ref_count"]
-    src.flags = view["flags"]
+    (src.ref_count, src.flags, src.context, src.source_id, src.priority, src.funcs,
+     name, callback_data) = view.values(*_FIELDS)
     src.flag_names = glib_facts.gsource_flag_names(src.flags)
-    src.context = view["context"]
-    src.source_id = view["source_id"]
-    src.priority = view["priority"]
-    src.funcs = view["source_funcs"]
     src.state = glib_facts.gsource_state(src.ref_count, src.flags, src.context, src.priority)
     if src.state in (glib_facts.FREED, glib_facts.INVALID):
         return src     # the rest is garbage; do not chase its pointers
     src.funcs_symbol = target.symbol_name(src.funcs)
-    if view["name"]:
+    if name:
         try:
-            src.name = snap.mem.cstring(view["name"], NAME_LIMIT, "GSource name")
+            src.name = snap.mem.cstring(name, NAME_LIMIT, "GSource name")
         except TargetReadError:
             src.problems.append("name unreadable")
-    func, data = glib.read_gsource_callback(snap.mem.try_read, view["callback_data"])
+    func, data = glib.read_gsource_callback(snap.mem.try_read, callback_data)
     if func:
         src.callback = func
         src.callback_symbol = target.symbol_name(func)

@@ -2,7 +2,7 @@
 from qemu_chardev.analysis import locks as analysis
 from qemu_chardev.model.errors import TargetReadError
 from qemu_chardev.model.objects import MutexState
-from qemu_chardev.target.memory import Layout
+from qemu_chardev.target.memory import Layout, objfile_cache
 
 # Where the pthread mutex sits inside each supported wrapper, and the debug-mutex fields.
 _KINDS = {
@@ -16,6 +16,9 @@ _KINDS = {
 MAX_TID = 1 << 22              # Linux's PID_MAX_LIMIT on 64-bit
 
 
+_layouts = objfile_cache()
+
+
 def mutex_layout(kind):
     names, _p, _q = _KINDS[kind]
     layout = Layout.of(*names)
@@ -27,28 +30,43 @@ def mutex_layout(kind):
     return layout, _KINDS[kind][1], _KINDS[kind][2]
 
 
-def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=False):
+def _plan(kind):
+    """(layout, pthread prefix, QemuMutex prefix, paths of the words read_mutex decodes),
+    worked out once per kind (a thousand chardevs have a thousand locks)."""
+    found = _layouts.get(kind)
+    if found is None:
+        layout, pth, qm = mutex_layout(kind)
+        data = pth + "__data."
+        paths = (data + "__lock", data + "__count", data + "__owner", data + "__kind")
+        if qm is not None:
+            paths += (qm + "initialized", qm + "file", qm + "line")
+        found = _layouts[kind] = (layout, pth, qm, paths)
+    return found
+
+
+def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=False,
+               within=None):
     """A MutexState for the mutex at ``address``.
 
     ``with_owner`` unwinds the owner's stack to name the function it is in;
-    ``with_waiters`` unwinds every thread to find those blocked on this mutex.
+    ``with_waiters`` unwinds every thread to find those blocked on this mutex;
+    ``within``: a ``View`` already read that holds the mutex (its Chardev).
     """
-    layout, pth, qm = mutex_layout(kind)
+    layout, pth, qm, paths = _plan(kind)
     state = MutexState(address=address, kind=kind, locked=None)
     try:
-        view = snap.mem.view(layout, address, kind)
+        view = snap.mem.view(layout, address, kind, within=within)
     except TargetReadError as exc:
         state.problems.append(str(exc))
         snap.note(f"{kind} at 0x{address:x}: {exc}")
         return state
-    data = pth + "__data."
-    lock = view.get(data + "__lock", default=0)
-    kind_word = view.get(data + "__kind", default=0)
-    if kind_word is not None and kind_word >= 1 << 31:
+    words = view.values(*paths)
+    # a word this pthread_mutex_t lacks reads as 0
+    lock, count, owner, kind_word = (0 if w is None else w for w in words[:4])
+    if kind_word >= 1 << 31:
         kind_word -= 1 << 32
-    decoded = analysis.decode_pthread_mutex(lock, view.get(data + "__count", default=0),
-                                            view.get(data + "__owner", default=0), kind_word)
-    impossible = _impossible_words(lock, kind_word, view.get(data + "__owner", default=0))
+    decoded = analysis.decode_pthread_mutex(lock, count, owner, kind_word)
+    impossible = _impossible_words(lock, kind_word, owner)
     if impossible:              # shown as read, never trusted: neither held nor free
         state.problems.append(f"damaged: {impossible}")
         snap.note(f"{kind} at 0x{address:x}: damaged: {impossible}")
@@ -61,12 +79,11 @@ def read_mutex(snap, address, kind="QemuMutex", with_owner=True, with_waiters=Fa
     state.mutex_type = decoded["type"]
     state.destroyed = decoded["destroyed"]
     if qm is not None:
-        state.initialized = view.get(qm + "initialized")
-        file_ptr = view.get(qm + "file")
+        state.initialized, file_ptr, line = words[4:]
         if file_ptr:
             try:
                 state.locker_file = snap.mem.cstring(file_ptr, 256, "debug-mutex file")
-                state.locker_line = view.get(qm + "line")
+                state.locker_line = line
             except TargetReadError:
                 state.problems.append("debug-mutex file name unreadable")
         if state.initialized is False and not state.destroyed:

@@ -24,8 +24,14 @@ DEBUG_INFO_HINT = (
     "and gdb fetches it itself ('set debuginfod enabled on')")
 
 
+_layouts = target.objfile_cache()
+
+
 def layouts():
     """The QOM layouts, or NoQemuDebugInfo if this binary has no QEMU debug info."""
+    found = _layouts.get("qom")       # asked for every object: looked up once per objfile
+    if found is not None:
+        return found
     obj = Layout.of("Object", "struct Object")
     klass = Layout.of("ObjectClass", "struct ObjectClass")
     impl = Layout.of("TypeImpl", "struct TypeImpl")
@@ -34,7 +40,8 @@ def layouts():
         raise NoQemuDebugInfo(
             "no QEMU debug info: type Object/Chardev unknown (is this a QEMU binary built "
             f"with -g, and does it match the core?); {DEBUG_INFO_HINT}")
-    return obj, klass, impl, prop
+    found = _layouts["qom"] = (obj, klass, impl, prop)
+    return found
 
 
 def chardev_layout():
@@ -52,12 +59,23 @@ def socket_layout():
     return Layout.of("SocketChardev", "struct SocketChardev")
 
 
-def type_ancestry(snap, obj_address):
-    """[type name, parent type name, ...] of a QOM object; raises TargetReadError."""
+def type_ancestry(snap, obj_address, class_address=None):
+    """[type name, parent type name, ...] of a QOM object; raises TargetReadError.
+
+    ``class_address``: the object's ``class`` when the caller has already read it.  The
+    answer is kept per class for the command (a thousand chardevs have a handful of
+    classes)."""
     obj, klass, impl, _prop = layouts()
-    class_address = snap.mem.pointer(obj_address + obj.field("class").offset, "Object.class")
+    if class_address is None:
+        # The tree walk, the chardev reader and the census all ask about each chardev.
+        cached = snap.object_types.get(obj_address)
+        if cached is not None:
+            return cached
+        class_address = snap.mem.pointer(obj_address + obj.field("class").offset,
+                                         "Object.class")
     cached = snap.type_names.get(class_address)
     if cached is not None:
+        snap.object_types[obj_address] = cached
         return cached
     type_address = snap.mem.pointer(class_address + klass.field("type").offset,
                                     "ObjectClass.type")
@@ -78,7 +96,7 @@ def type_ancestry(snap, obj_address):
         if name.startswith("chardev") and not _static_type_name(name):
             raise TargetReadError(f"QOM type name {name!r} (no chardev type of this binary "
                                   "has it: damaged)", type_address or class_address)
-    snap.type_names[class_address] = names
+    snap.type_names[class_address] = snap.object_types[obj_address] = names
     return names
 
 
@@ -131,7 +149,8 @@ def children(snap, obj_address, what, container=False):
     for key, value in items:
         try:
             view = snap.mem.view(prop, value, "ObjectProperty")
-            ptype = snap.mem.cstring(view["type"], 128, "property type")
+            type_ptr, opaque = view.values("type", "opaque")
+            ptype = snap.mem.cstring(type_ptr, 128, "property type")
             if not ptype or not ptype.startswith("child<"):
                 if container:     # a container's properties are all children: damage
                     snap.note(f"{what}: property at 0x{value:x} has type {ptype!r}, expected "
@@ -142,7 +161,7 @@ def children(snap, obj_address, what, container=False):
                 snap.note(f"{what}: property at 0x{value:x}: name {name!r} is not a "
                           "printable NUL-terminated string (damaged)")
                 continue
-            out.append((name, ptype, view["opaque"]))
+            out.append((name, ptype, opaque))
         except TargetReadError as exc:
             snap.note(f"{what}: property at 0x{value:x}: {exc}")
     for problem in table.problems:
