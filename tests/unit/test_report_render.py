@@ -142,3 +142,25 @@ def test_junit_counts_and_xml_safety():
 def test_display_path_shortens_build_tree_headers():
     assert display_path("/root/src/qemu-7.2/include/qemu/futex.h") == "include/qemu/futex.h"
     assert display_path("chardev/char.c") == "chardev/char.c" and display_path(None) is None
+
+
+def test_report_json_indents_sections_and_puts_each_item_on_a_line():
+    report = {"schema": "qemu-chardev-report/1", "target": {"kind": "core", "pid": 7},
+              "problems": [], "chardevs": [{"label": "mon0", "state": "connected",
+                                             "write_lock": {"locked": True, "owner_lwp": 5}},
+                                            {"label": "caf\u00e9 \"q\"\n", "ioc": None}],
+              "sections": {}, "findings": [{"id": "deadlock", "threads": [1, 2]}]}
+    text = report_render.envelope_json([report])
+    assert json.loads(text) == report
+    lines = text.splitlines()
+    # the report's keys and each section's items are indented; an item is one line
+    assert '  "chardevs": [' in lines
+    assert sum(1 for line in lines if line.startswith('    {"label": ')) == 2
+    assert '    "pid": 7' in lines
+    assert any(line.startswith('    {"id": "deadlock", "threads": [1, 2]}') for line in lines)
+    assert '  "problems": [],' in lines and '  "sections": {},' in lines
+    several = report_render.envelope_json([report, report])
+    assert json.loads(several) == {"schema": "qemu-chardev-report/1",
+                                   "reports": [report, report]}
+    assert sum(1 for line in several.splitlines()
+               if line.startswith('        {"label": ')) == 4

@@ -486,7 +486,7 @@ def analyse(args, item):
 
 def render(fmt, to_terminal, reports, skipped):
     if fmt == "json":
-        return json.dumps(report_render().envelope(reports), indent=2) + "\n"
+        return report_render().envelope_json(reports) + "\n"
     if fmt == "junit":
         return report_render().junit(reports)
     if fmt == "markdown":

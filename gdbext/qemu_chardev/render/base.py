@@ -131,9 +131,27 @@ def _visible_len(text):
     return out
 
 
-def to_json_text(obj, colour=False):
-    text = json.dumps(obj, indent=2, sort_keys=False)
+def to_json_text(obj, colour=False, depth=None):
+    """``obj`` as JSON, indented by two spaces; with ``depth``, only the first ``depth``
+    levels of nesting are, and each value below them is on one line.
+
+    json.dumps with ``indent`` runs in pure Python, without it in C: the report of 1000
+    chardevs (3.3 MB) took 0.17 s indented and 0.05 s on one line.  Reports keep their
+    sections indented and give each chardev, thread, finding or object one line."""
+    text = _json_text(obj, depth, "") if depth is not None else json.dumps(obj, indent=2)
     return (colour and _highlight(text, "json")) or text
+
+
+def _json_text(obj, depth, pad):
+    if depth <= 0 or not obj or not isinstance(obj, (dict, list)):
+        return json.dumps(obj, separators=(", ", ": "))
+    inner = pad + "  "
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(str(key))}: {_json_text(value, depth - 1, inner)}"
+                 for key, value in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    items = [inner + _json_text(value, depth - 1, inner) for value in obj]
+    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
 
 
 def highlight_c(line, colour):

@@ -22,6 +22,10 @@ from qemu_chardev.model.text import markdown as md_text
 from qemu_chardev.model.text import markdown_code as md_code
 from qemu_chardev.model.text import printable_tree
 
+# Levels of a report indented in its JSON text: the report and its sections; each chardev,
+# thread, finding or object is one line (json.dumps indents in pure Python, 3x slower).
+REPORT_JSON_DEPTH = 2
+
 WRAP = 100
 _HIGHLIGHT_ROLES = {"chardev", "channel", "task"}
 
@@ -345,6 +349,13 @@ def envelope(reports):
     if len(reports) == 1:
         return reports[0]
     return {"schema": REPORT_SCHEMA, "reports": list(reports)}
+
+
+def envelope_json(reports):
+    """``envelope(reports)`` as JSON text: a report and its sections indented, each chardev,
+    thread, finding or object on one line (``base.to_json_text``)."""
+    depth = REPORT_JSON_DEPTH + (0 if len(reports) == 1 else 2)     # + envelope, its list
+    return render.to_json_text(envelope(reports), depth=depth)
 
 
 # --- Markdown ---------------------------------------------------------------------------------
