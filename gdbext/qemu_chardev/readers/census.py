@@ -377,16 +377,15 @@ def _child_owners(census, read, offsets):
 def _iowatch_owners(snap, census, by_address):
     """IOWatchPoll.src of live (ACTIVE) chardev watch sources."""
     layout = Layout.of("IOWatchPoll")
-    field = layout.field("src") if layout is not None else None
-    if field is None:
+    if layout is None or layout.field("src") is None:
         return []
     out = []
     for rec in census.records:
         if rec.funcs_name != "io_watch_poll_funcs" or not rec.flags & glib_facts.G_SOURCE_ACTIVE \
                 or not rec.ref_count:
             continue
-        try:
-            src = snap.mem.pointer(rec.address + field.offset, "IOWatchPoll.src")
+        try:        # the chardev reader has read this IOWatchPoll whole: served from that read
+            src = snap.mem.view(layout, rec.address, "IOWatchPoll")["src"]
         except TargetReadError:
             continue
         if src:
