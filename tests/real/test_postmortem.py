@@ -5,7 +5,9 @@ race on a reverted build, gcore snapshots of ordinary states) and from /bin/slee
 """
 import json
 import os
+import signal
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -219,6 +221,44 @@ def test_gdb_timeout_is_a_reason_and_gdb_is_killed(race, tmp_path):
     assert done.stderr.strip().endswith("gdb timed out after 2 s")
     pid = int(marker.read_text())
     assert not support.procs.process_exists(pid)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("how,status", [("SIGINT", 130), ("SIGTERM", 128 + 15)])
+def test_interrupted_run_kills_its_gdb(race, tmp_path, jobs, how, status):
+    """Ctrl-C or SIGTERM while gdb works: every gdb started goes (they run in their own
+    session, out of reach of the terminal's signals), and the exit status says why."""
+    gdb = fake_gdb(tmp_path, f"echo $$ >> {tmp_path / 'started'}; exec sleep 60")
+    inputs = [race.path, race.path] if jobs == "2" else [race.path]
+    proc = subprocess.Popen(["/usr/bin/python3", str(pm.POSTMORTEM), "--gdb", str(gdb),
+                             "-j", jobs, "-q", str(race.binary), *map(str, inputs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    expected = len(inputs)
+    assert support.procs.wait_until(
+        lambda: len((tmp_path / "started").read_text().split()) >= expected
+        if (tmp_path / "started").exists() else False, timeout=60)
+    proc.send_signal(getattr(signal, how))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    for pid in map(int, (tmp_path / "started").read_text().split()):
+        assert support.procs.wait_until(lambda pid=pid: not support.procs.process_exists(pid),
+                                        timeout=10), f"gdb {pid} still runs"
+
+
+def test_a_core_of_another_build_has_its_early_gdb_killed(qemu_pair, tmp_path):
+    """With BINARY given, gdb starts while the core is checked; a core that fails the check
+    gets its one-line reason, and its gdb does not outlive the run."""
+    fixed, reverted = qemu_pair
+    core = pm.idle_core(reverted)
+    gdb = fake_gdb(tmp_path, f"echo $$ > {tmp_path / 'started'}; exec sleep 60")
+    done = pm.run_postmortem(fixed.storage_daemon, core, options=["--gdb", str(gdb)],
+                             timeout=60)
+    assert done.returncode == 2
+    assert "core of a different build of qemu-storage-daemon" in done.stderr
+    started = tmp_path / "started"
+    if started.exists():        # else it was killed before its first command
+        assert not support.procs.process_exists(int(started.read_text()))
 
 
 @pytest.mark.parametrize("body,reason", [

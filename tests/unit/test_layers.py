@@ -48,6 +48,8 @@ LAZY_IMPORTS_ALLOWED = {
     ("cli/postmortem.py", "qemu_chardev.render"),
     ("cli/postmortem.py", "compileall"),
     ("cli/postmortem.py", "lzma"),
+    ("cli/postmortem.py", "qemu_chardev.model"),
+    ("cli/postmortem.py", "concurrent.futures"),
     # pyelftools costs tens of ms to import: only when a file is parsed (files/elf._Pyelftools)
     ("files/elf.py", "elftools.common.exceptions"),
     ("files/elf.py", "elftools.construct"),

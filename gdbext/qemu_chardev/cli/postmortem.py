@@ -32,7 +32,6 @@ Runs with /usr/bin/python3 and the standard library only (tabulate and pygments 
 for nicer text when installed).
 """
 import argparse
-import concurrent.futures
 import os
 import shutil
 import signal
@@ -45,16 +44,23 @@ import json
 
 from qemu_chardev.cli import binaries, gdbload
 from qemu_chardev.files import elf as corefile
-from qemu_chardev.model import diagnosis
-from qemu_chardev.model.diagnosis import REPORT_SCHEMA
 from qemu_chardev.model.tool import VERSION as __version__
 
 
+# Until gdb has started every import is on its way: what is needed only with a report in
+# hand is imported then (render.report pulls tabulate, html and xml: ~15 ms; model.diagnosis
+# the report's data classes: ~8 ms).
+
 def report_render():
-    """The report renderers, imported when the reports are written: until gdb has started,
-    every import is on the way to it (render.report pulls tabulate, html and xml: ~15 ms)."""
+    """The report renderers."""
     from qemu_chardev.render import report
     return report
+
+
+def diagnosis():
+    """The report's shape (``model.diagnosis``)."""
+    from qemu_chardev.model import diagnosis as shape
+    return shape
 
 
 BEGIN = "@@CHARDEV-POSTMORTEM-REPORT-BEGIN@@"
@@ -147,6 +153,9 @@ class Tracked:
         except subprocess.TimeoutExpired:
             kill_group(self.proc)
             raise Unusable(timed_out) from None
+        except BaseException:       # interrupted (Ctrl-C, SIGTERM): the child goes too
+            kill_group(self.proc)
+            raise
         finally:
             CLEANUP.finished(self.proc)
         return self.proc.returncode, out, err
@@ -337,9 +346,10 @@ def report_of(args, gdb_run, timeout):
         report = json.loads(body)
     except ValueError as exc:
         raise Unusable(f"garbled report from gdb ({exc})") from None
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+    schema = diagnosis().REPORT_SCHEMA
+    if not isinstance(report, dict) or report.get("schema") != schema:
         raise Unusable(f"unexpected report from gdb (schema {report.get('schema')!r}, "
-                       f"expected {REPORT_SCHEMA!r})" if isinstance(report, dict)
+                       f"expected {schema!r})" if isinstance(report, dict)
                        else "unexpected report from gdb")
     missing = [key for key in ("target", "complete", "crash", "threads", "chardevs",
                                "findings", "summary") if key not in report]
@@ -355,10 +365,10 @@ def report_of(args, gdb_run, timeout):
 def stub_report(args, path, reason, program=None):
     """The report of a core that could not be analysed: the reason, nothing else."""
     binary = os.path.abspath(args.binary) if args.binary else None
-    target = diagnosis.new_target("core", binary, os.path.abspath(path),
+    target = diagnosis().new_target("core", binary, os.path.abspath(path),
                                   qemu_version=binaries.qemu_version(binary) if binary else None,
                                   core_program=program)
-    return diagnosis.new_report(target, problems=[reason], error=reason)
+    return diagnosis().new_report(target, problems=[reason], error=reason)
 
 
 class Stored:
@@ -457,7 +467,7 @@ def analyse(args, item):
             raise Unusable(f"{choice.line()}: {exc}") from None
         report["target"]["core_program"] = info.program
         if info.truncated:          # cut short after its notes: analysed, never complete
-            diagnosis.mark_truncated(report, info.truncated, info.missing)
+            diagnosis().mark_truncated(report, info.truncated, info.missing)
         if isinstance(item, Stored):
             report["target"]["core"] = label
         elif decompressed:
@@ -677,14 +687,11 @@ def main(argv=None):
     reports = [None] * len(paths)
     done = 0
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(analyse, args, path): i for i, path in enumerate(paths)}
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                reports[index] = future.result()
-                done += 1
-                if show_progress:
-                    progress(done, len(paths), reports[index])
+        for index, report in analysed(args, paths):
+            reports[index] = report
+            done += 1
+            if show_progress:
+                progress(done, len(paths), report)
     except KeyboardInterrupt:
         CLEANUP.everything()
         print("chardev-postmortem: interrupted", file=sys.stderr)
@@ -704,6 +711,25 @@ def main(argv=None):
             print(f"chardev-postmortem: cannot write {path}: {exc.strerror}", file=sys.stderr)
             return EXIT_UNUSABLE
     return exit_status(reports)
+
+
+def analysed(args, paths):
+    """(index, report) of each input as its analysis ends: one after the other in this thread
+    for -j 1, else in a pool of ``args.jobs`` threads (concurrent.futures is imported only
+    then: with logging, ~10 ms before gdb could start)."""
+    if args.jobs == 1 or len(paths) < 2:
+        for index, path in enumerate(paths):
+            yield index, analyse(args, path)
+        return
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(analyse, args, path): i for i, path in enumerate(paths)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:   # interrupted: the pool's shutdown must not wait for the gdbs
+            CLEANUP.everything()
+            raise
 
 
 def with_binary_why(reports):
