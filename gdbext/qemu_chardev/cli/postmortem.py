@@ -74,6 +74,7 @@ COMPRESSED = {  # extension: (magic, command or None for Python's lzma)
     ".xz": (b"\xfd7zXZ\x00", None),
 }
 EXIT_OK, EXIT_ERRORS, EXIT_UNUSABLE = 0, 1, 2
+SIGNAL_POLL = 0.2           # seconds: how soon -j N notices a signal (see analysed)
 FORMATS = ("text", "json", "junit", "markdown")
 
 
@@ -457,8 +458,9 @@ def analyse(args, item):
                                else f"{choice.line()}: {reason}")
         left = max(1.0, args.timeout - (time.monotonic() - started))
         try:
-            if early_gdb is not None:
-                report, early_gdb = report_of(core_args, early_gdb, left), None
+            if early_gdb is not None:     # waited for (and killed if need be) by report_of
+                gdb_run, early_gdb = early_gdb, None
+                report = report_of(core_args, gdb_run, left)
             else:
                 report = run_gdb(core_args, core, left)
         except Unusable as exc:
@@ -724,9 +726,16 @@ def analysed(args, paths):
     import concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(analyse, args, path): i for i, path in enumerate(paths)}
+        pending = set(futures)
         try:
-            for future in concurrent.futures.as_completed(futures):
-                yield futures[future], future.result()
+            while pending:
+                # Waits of SIGNAL_POLL seconds: the kernel may hand Ctrl-C or SIGTERM to a
+                # worker thread, and Python runs the handler only when the main thread runs.
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=SIGNAL_POLL,
+                    return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    yield futures[future], future.result()
         except BaseException:   # interrupted: the pool's shutdown must not wait for the gdbs
             CLEANUP.everything()
             raise
