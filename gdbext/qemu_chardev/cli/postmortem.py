@@ -112,6 +112,16 @@ class Cleanup:
         with self.lock:
             self.procs.discard(proc)
 
+    def kill_now(self):
+        """Kill every child now, from a signal handler: without the lock, which the code the
+        signal interrupted may hold (``list`` of a set is atomic under the GIL)."""
+        self.stopping = True
+        for proc in list(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def everything(self):
         with self.lock:
             self.stopping = True
@@ -694,12 +704,13 @@ def main(argv=None):
             done += 1
             if show_progress:
                 progress(done, len(paths), report)
-    except KeyboardInterrupt:
-        CLEANUP.everything()
-        print("chardev-postmortem: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:       # main() called without run()'s signal handlers
+        INTERRUPTED.append(signal.SIGINT)
     finally:
         CLEANUP.everything()
+    if INTERRUPTED:
+        print("chardev-postmortem: interrupted", file=sys.stderr)
+        return 128 + INTERRUPTED[0]
     for report in reports:
         if report.get("error"):
             print(f"chardev-postmortem: {report_render().report_name(report)}: "
@@ -721,6 +732,8 @@ def analysed(args, paths):
     then: with logging, ~10 ms before gdb could start)."""
     if args.jobs == 1 or len(paths) < 2:
         for index, path in enumerate(paths):
+            if INTERRUPTED:
+                return
             yield index, analyse(args, path)
         return
     import concurrent.futures
@@ -729,6 +742,10 @@ def analysed(args, paths):
         pending = set(futures)
         try:
             while pending:
+                if INTERRUPTED:         # the gdbs are dead: what runs ends soon
+                    for future in pending:
+                        future.cancel()
+                    return
                 # Waits of SIGNAL_POLL seconds: the kernel may hand Ctrl-C or SIGTERM to a
                 # worker thread, and Python runs the handler only when the main thread runs.
                 done, pending = concurrent.futures.wait(
@@ -755,14 +772,23 @@ def with_binary_why(reports):
     return shown
 
 
-def _terminate(signum, _frame):
-    CLEANUP.everything()
-    sys.exit(128 + signum)
+INTERRUPTED = []     # the signal that stopped the run (run() installs _interrupted)
+
+
+def _interrupted(signum, _frame):
+    """SIGINT, SIGTERM: every child dies now, the analyses under way end as they notice it,
+    none starts, and main() returns 128 + the signal.  Nothing is raised here: an exception
+    raised wherever the main thread happens to be (inside a thread pool's wait) can leave a
+    lock taken, and the pool's shutdown then waits for ever."""
+    if not INTERRUPTED:
+        INTERRUPTED.append(signum)
+    CLEANUP.kill_now()
 
 
 def run():
     """The console script's entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
     sys.exit(main())
 
 
