@@ -168,7 +168,7 @@ def _watch_poll_sources(snap, address):
             whole = snap.mem.view(layout, address, "IOWatchPoll")
         except TargetReadError:
             whole = None    # read as a GSource alone below, and said so if it is one
-    outer = read_gsource(snap, address, role="gsource", within=whole)
+    outer = read_gsource(snap, address, role="gsource")     # served from ``whole``
     found = [outer]
     if outer.funcs_symbol == "io_watch_poll_funcs" and layout is not None and layout.has("src"):
         try:
@@ -227,16 +227,14 @@ def read_object(snap, address, role, declared=None):
     ``sioc``), read whole once: the Object at its start and the fd are in it."""
     state = ObjectState(address=address, role=role)
     obj_layout = qom.layouts()[0]
-    whole = None
     if declared is not None and declared.size >= obj_layout.size:
-        try:
-            whole = snap.mem.view(declared, address, declared.name)
-        except TargetReadError:
-            whole = None    # the Object alone below, for the error that says what failed
+        # read whole once: the reads of its Object and fd below are served from it; if it
+        # fails, the Object alone is read, for the error that says what failed
+        snap.mem.try_read(address, declared.size)
     try:
-        # Object's class and ref in one read (the one liveness makes too)
+        # Object's class and ref in one read
         try:
-            obj = snap.mem.view(obj_layout, address, "Object", within=whole)
+            obj = snap.mem.view(obj_layout, address, "Object")
         except TargetReadError:
             obj = None        # read field by field below, for the error that names which
         if obj is not None:
@@ -256,8 +254,7 @@ def read_object(snap, address, role, declared=None):
         layout = Layout.of("QIOChannelSocket", "struct QIOChannelSocket")
         if layout is not None and layout.has("fd"):
             try:
-                state.fd = snap.mem.view(layout, address, "QIOChannelSocket",
-                                         within=whole)["fd"]
+                state.fd = snap.mem.view(layout, address, "QIOChannelSocket")["fd"]
             except TargetReadError as exc:
                 state.problems.append(str(exc))
     return state

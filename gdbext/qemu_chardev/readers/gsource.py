@@ -12,13 +12,14 @@ _FIELDS = ("ref_count", "flags", "context", "source_id", "priority", "source_fun
            "callback_data")
 
 
-def read_gsource(snap, address, role=None, within=None):
+def read_gsource(snap, address, role=None):
     """A GSourceState with decoded flags, symbols and its state (``model.glib.STATES``).
 
-    ``within``: a ``View`` already read that starts with this GSource (an IOWatchPoll)."""
+    A structure that starts with this GSource (an IOWatchPoll) and was read already serves
+    the read (``Memory.read``)."""
     src = GSourceState(address=address, role=role)
     try:
-        view = snap.mem.view(glib.gsource_layout(), address, "GSource", within=within)
+        view = snap.mem.view(glib.gsource_layout(), address, "GSource")
     except TargetReadError as exc:
         src.problems.append(str(exc))
         src.state = glib_facts.UNREADABLE
