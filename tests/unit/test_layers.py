@@ -50,6 +50,8 @@ LAZY_IMPORTS_ALLOWED = {
     ("cli/postmortem.py", "lzma"),
     ("cli/postmortem.py", "qemu_chardev.model"),
     ("cli/postmortem.py", "concurrent.futures"),
+    ("cli/postmortem.py", "qemu_chardev.cli"),     # binaries: dataclasses, typing
+    ("cli/postmortem.py", "qemu_chardev.files"),   # elf: the same
     # pyelftools costs tens of ms to import: only when a file is parsed (files/elf._Pyelftools)
     ("files/elf.py", "elftools.common.exceptions"),
     ("files/elf.py", "elftools.construct"),

@@ -42,14 +42,27 @@ import threading
 import time
 import json
 
-from qemu_chardev.cli import binaries, gdbload
-from qemu_chardev.files import elf as corefile
+from qemu_chardev.cli import gdbload
+from qemu_chardev.files import elfhead
 from qemu_chardev.model.tool import VERSION as __version__
 
 
 # Until gdb has started every import is on its way: what is needed only with a report in
 # hand is imported then (render.report pulls tabulate, html and xml: ~15 ms; model.diagnosis
-# the report's data classes: ~8 ms).
+# the report's data classes: ~8 ms), and what a core's check needs once gdb has started
+# (binaries and files.elf: dataclasses and typing, ~15 ms).
+
+def discovery():
+    """Binary discovery and the build-id checks (``cli.binaries``)."""
+    from qemu_chardev.cli import binaries
+    return binaries
+
+
+def core_notes():
+    """A core's notes: program, build-id, truncation (``files.elf``)."""
+    from qemu_chardev.files import elf
+    return elf
+
 
 def report_render():
     """The report renderers."""
@@ -205,8 +218,8 @@ def looks_like_core(path):
     if ext:
         return _head(path).startswith(COMPRESSED[ext][0])
     try:
-        return corefile.elf_type(path) == corefile.ET_CORE
-    except (OSError, corefile.ElfError):
+        return elfhead.elf_type(path) == elfhead.ET_CORE
+    except (OSError, elfhead.ElfError):
         return False
 
 
@@ -377,7 +390,7 @@ def stub_report(args, path, reason, program=None):
     """The report of a core that could not be analysed: the reason, nothing else."""
     binary = os.path.abspath(args.binary) if args.binary else None
     target = diagnosis().new_target("core", binary, os.path.abspath(path),
-                                  qemu_version=binaries.qemu_version(binary) if binary else None,
+                                  qemu_version=discovery().qemu_version(binary) if binary else None,
                                   core_program=program)
     return diagnosis().new_report(target, problems=[reason], error=reason)
 
@@ -389,17 +402,17 @@ class Stored:
         self.match = match
 
     def __str__(self):
-        return binaries.coredumpctl_label(self.match)
+        return discovery().coredumpctl_label(self.match)
 
 
 def dump_stored(match, workdir, timeout):
     """`coredumpctl dump` the core stored for ``match`` into ``workdir``; its path."""
     out = os.path.join(workdir, "core")
     returncode, _out, err = run_tracked(
-        binaries.coredumpctl_dump_argv(match, out), timeout,
+        discovery().coredumpctl_dump_argv(match, out), timeout,
         f"coredumpctl dump timed out after {timeout:g} s", stdout=subprocess.DEVNULL)
     if returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) == 0:
-        raise Unusable(binaries.coredumpctl_reason(returncode, err.decode(errors="replace")))
+        raise Unusable(discovery().coredumpctl_reason(returncode, err.decode(errors="replace")))
     return out
 
 
@@ -421,7 +434,7 @@ def analyse(args, item):
     decompressed = False
     early_gdb = None
     label = str(item)
-    choice = binaries.given(args.binary) if args.binary else None
+    choice = None
     core_args = args
     try:
         workdir = CLEANUP.tempdir() if isinstance(item, Stored) or compression_of(label) \
@@ -440,31 +453,33 @@ def analyse(args, item):
             if ext:
                 core = decompress(label, ext, workdir, args.timeout)
                 decompressed = True
-        if choice is not None and not decompressed and not isinstance(item, Stored):
+        if args.binary and not decompressed and not isinstance(item, Stored):
             # BINARY is known: gdb starts now, and opens binary and core (most of its time)
             # while the core's notes are checked below; a core that fails the check never
             # gets its report read.
             early_gdb = start_gdb(args, core)
+        if args.binary:
+            choice = discovery().given(args.binary)
         try:
-            info = corefile.read_core(core)
-        except corefile.ElfError as exc:
+            info = core_notes().read_core(core)
+        except elfhead.ElfError as exc:
             raise Unusable(str(exc).replace(core + ": ", "", 1)) from None
         except OSError as exc:
             raise Unusable(f"unreadable: {exc.strerror}") from None
         program = info.program
         if choice is None:
-            choice = binaries.discover(info, args.binary_index,
+            choice = discovery().discover(info, args.binary_index,
                                        bool(getattr(args, "debuginfod", False)))
             if not choice.found:
                 raise Unusable(choice.problem)
             core_args = for_binary(args, choice.path)
-            if choice.path and not binaries.is_qemu_program(choice.path):
-                raise Unusable(binaries.not_qemu(program, choice))
+            if choice.path and not discovery().is_qemu_program(choice.path):
+                raise Unusable(discovery().not_qemu(program, choice))
         if core_args.binary is not None:
-            ok, reason = corefile.core_matches_binary(
-                info, core_args.binary, binaries.inspect(core_args.binary).build_id)
+            ok, reason = core_notes().core_matches_binary(
+                info, core_args.binary, discovery().inspect(core_args.binary).build_id)
             if not ok:
-                raise Unusable(reason if choice.how == binaries.GIVEN
+                raise Unusable(reason if choice.how == discovery().GIVEN
                                else f"{choice.line()}: {reason}")
         left = max(1.0, args.timeout - (time.monotonic() - started))
         try:
@@ -474,7 +489,7 @@ def analyse(args, item):
             else:
                 report = run_gdb(core_args, core, left)
         except Unusable as exc:
-            if choice.how == binaries.GIVEN:
+            if choice.how == discovery().GIVEN:
                 raise
             raise Unusable(f"{choice.line()}: {exc}") from None
         report["target"]["core_program"] = info.program
@@ -499,6 +514,8 @@ def analyse(args, item):
                             "seconds": round(time.monotonic() - started, 3)}
     if isinstance(item, Stored):
         report["postmortem"]["coredumpctl"] = item.match
+    if choice is None and args.binary:      # the input failed before its core was read
+        choice = discovery().given(args.binary)
     if choice is not None:
         report["postmortem"]["binary"] = choice.as_json()
     return report
@@ -654,8 +671,8 @@ def check_invocation(args):
     for directory in args.binary_dir:
         if not os.path.isdir(directory):
             problem = problem or f"--binary-dir {directory}: not a directory"
-    if args.coredumpctl and shutil.which(binaries.COREDUMPCTL) is None:
-        problem = problem or binaries.COREDUMPCTL_MISSING
+    if args.coredumpctl and shutil.which(discovery().COREDUMPCTL) is None:
+        problem = problem or discovery().COREDUMPCTL_MISSING
     if problem:
         return problem
     problem = gdbload.check_gdb(args.gdb)
@@ -668,12 +685,12 @@ def _check_binary(binary):
     if not os.path.isfile(binary):
         return f"{binary}: no such file"
     try:
-        kind = corefile.elf_type(binary)
+        kind = elfhead.elf_type(binary)
     except OSError as exc:
         return f"{binary}: {exc.strerror}"
-    except corefile.ElfError as exc:
+    except elfhead.ElfError as exc:
         return str(exc)
-    if kind not in (corefile.ET_EXEC, corefile.ET_DYN):
+    if kind not in (elfhead.ET_EXEC, elfhead.ET_DYN):
         return f"{binary}: not an ELF executable"
     return None
 
@@ -687,7 +704,7 @@ def main(argv=None):
     if args.binary:
         args.binary = os.path.abspath(args.binary)
     else:
-        args.binary_index = binaries.BuildIdIndex(
+        args.binary_index = discovery().BuildIdIndex(
             [os.path.abspath(d) for d in args.binary_dir])
     paths, skipped = expand_inputs(args.cores)
     paths += [Stored(match) for match in args.coredumpctl]

@@ -17,10 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-ET_EXEC, ET_DYN, ET_CORE = 2, 3, 4
-_EI_DATA, _EI_NIDENT = 5, 16      # e_ident[EI_DATA]: 1 little-, 2 big-endian; then e_type
-_EHDR_TYPE_END = _EI_NIDENT + 2
-_BYTE_ORDER = {1: "<", 2: ">"}
+from qemu_chardev.files.elfhead import ET_CORE, ET_DYN, ET_EXEC, ElfError, elf_type  # noqa: F401
+
 PF_W, PF_R = 2, 4
 MAX_NOTES_BYTES = 64 << 20        # a core's PT_NOTE with thousands of threads stays far below
 MAX_BINARY_NOTES_BYTES = 1 << 20  # an executable's PT_NOTE: a build-id, ABI tag, properties
@@ -101,10 +99,6 @@ class _Bounded:
 
     def tell(self):
         return self._handle.tell()
-
-
-class ElfError(Exception):
-    """The file is not a (usable) ELF file; the message says why in one line."""
 
 
 @dataclass
@@ -214,21 +208,6 @@ def _e_type(elf):
     """e_type as a number (pyelftools gives known types by name)."""
     e_type = elf["e_type"]
     return _pe.ENUM_E_TYPE.get(e_type, e_type) if isinstance(e_type, str) else e_type
-
-
-def elf_type(path):
-    """The ELF file type of ``path`` as a number (``ET_EXEC``, ``ET_DYN``, ``ET_CORE``, ...),
-    or None if it is not an ELF file.  OSError if it cannot be read.
-
-    Read from the ELF header alone, without pyelftools: e_type is the 16-bit field that
-    follows the 16 bytes of e_ident, in the byte order e_ident[EI_DATA] names.  This is asked
-    of every input before anything is analysed (is it a core, is BINARY an executable), and
-    pyelftools' import (60-80 ms) would be most of chardev-postmortem's own start."""
-    with open(path, "rb") as handle:
-        head = handle.read(_EHDR_TYPE_END)
-    if len(head) < _EHDR_TYPE_END or head[:4] != b"\x7fELF" or head[_EI_DATA] not in _BYTE_ORDER:
-        return None
-    return struct.unpack_from(_BYTE_ORDER[head[_EI_DATA]] + "H", head, _EI_NIDENT)[0]
 
 
 def _program_headers(elf, path):
