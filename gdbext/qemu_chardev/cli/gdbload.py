@@ -64,6 +64,13 @@ def load_command(parent=None, extra=None):
     return "python " + load_statements(parent, extra)
 
 
+def warm_up_command(parent=None, extra=None):
+    """The gdb command for ``-iex`` that imports the extension's gdb-free layers on a thread
+    while gdb reads the binary and the core; ``load_command`` (-ex) then finishes the load."""
+    return "python " + load_statements(parent, extra).replace("qemu_chardev.start()",
+                                                               "qemu_chardev.warm_up()")
+
+
 def auto_load_script(parent=None, extra=None):
     """The text of a ``BINARY-gdb.py`` auto-load script that loads the extension."""
     return ("# Loads the qemu-chardev-gdb extension (`help qemu` lists its commands).\n"

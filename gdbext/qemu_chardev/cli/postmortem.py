@@ -305,6 +305,7 @@ def gdb_argv(args, core):
     for setting in GDB_SETTINGS:
         argv += ["-iex", setting]
     argv += ["-iex", f"set debuginfod enabled {'on' if args.debuginfod else 'off'}"]
+    argv += ["-iex", gdbload.warm_up_command()]
     # --compact: one line (json.dumps without indent is the C encoder, several times faster)
     # --core-checked: analyse() has read the core's notes; gdb need not import pyelftools
     diagnose = "qemu diagnose --json --compact --core-checked" + (
