@@ -258,3 +258,42 @@ def test_proc_reader_on_this_process():
         assert reader.read(address, 8) == struct.pack("<Q", QEMU)
     finally:
         reader.close()
+
+
+def test_without_leaves_out_exactly_the_spans_inside_each_region():
+    """``without`` (bisecting to the first span when given the spans' ends, stopping at the
+    first span past the region) against a model that looks at every address: the pieces are
+    the runs of the region outside every span, and each key counts the bytes left out."""
+    import random
+    rng = random.Random(9)
+
+    class Live:
+        kind = "live"
+    for _ in range(400):
+        cuts = sorted(rng.sample(range(0, 4000, 8), 2 * rng.randrange(0, 12)))
+        spans = [(cuts[i], cuts[i + 1], f"k{rng.randrange(3)}") for i in range(0, len(cuts), 2)]
+        ends = [end for _start, end, _key in spans]
+        # the region's ends on, next to or away from the spans' edges
+        edges = [c + d for c in cuts for d in (-8, 0, 8)] or [0]
+        start, end = sorted(rng.choice(edges) if rng.random() < 0.7 else 8 * rng.randrange(500)
+                            for _ in range(2))
+        if start < 0 or end <= start:
+            continue
+        region = memscan.Region(start, end, start, 0, True)
+        outside = [a for a in range(region.start, region.end)
+                   if not any(s <= a < e for s, e, _k in spans)]
+        runs = []
+        for address in outside:
+            if runs and runs[-1][1] == address:
+                runs[-1][1] = address + 1
+            else:
+                runs.append([address, address + 1])
+        left_out = {}
+        for s, e, key in spans:
+            inside = max(0, min(e, region.end) - max(s, region.start))
+            if inside:
+                left_out[key] = left_out.get(key, 0) + inside
+        for given_ends in (ends, None):
+            pieces, counted = memscan.without(Live(), region, spans, given_ends)
+            assert [[p.start, p.end] for p in pieces] == runs
+            assert counted == left_out
