@@ -17,7 +17,6 @@ from qemu_chardev.model.diagnosis import (FAULT_SIGNALS, SIGABRT, CrashFacts, fr
 from qemu_chardev.model.errors import TargetReadError
 from qemu_chardev.model.qemu import ABORT_FUNCTIONS
 from qemu_chardev.target import memory as target
-from qemu_chardev.target.snapshot import preserved_selection
 
 SOURCE_FILE_LIMIT = 8 << 20
 _source_cache = {}
@@ -56,7 +55,7 @@ def read_signals(snap):
     order = sorted(threads.items(), key=lambda item: (
         selected is None or item[1].ptid != selected.ptid, item[1].num))
     crash = stop = None
-    with preserved_selection():
+    with snap.switching_threads():
         for lwp, thread in order:
             if not thread.is_valid():
                 continue

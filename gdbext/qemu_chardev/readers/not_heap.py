@@ -31,7 +31,6 @@ import gdb
 from qemu_chardev.model.errors import TargetReadError
 from qemu_chardev.target import memory as target
 from qemu_chardev.target.memory import Layout
-from qemu_chardev.target.snapshot import preserved_selection
 
 BLOCK_LIMIT = 4096
 RED_ZONE = 128              # x86-64 SysV: bytes below the stack pointer a leaf may use
@@ -129,15 +128,13 @@ def unused_stacks(snap, regions):
     starts = [r.start for r in regions]
     spans = []
     try:
-        threads = gdb.selected_inferior().threads()
+        threads = snap.threads()
     except gdb.error:
         return []
-    with preserved_selection():
-        for thread in threads:
-            try:
-                thread.switch()
-                sp = int(gdb.newest_frame().read_register("sp"))
-            except (gdb.error, RuntimeError, ValueError):
+    with snap.switching_threads():
+        for lwp in threads:
+            sp = snap.stack_pointer(lwp)    # read while its stack was unwound, most often
+            if sp is None:
                 continue
             i = bisect.bisect_right(starts, sp) - 1
             if i < 0 or not regions[i].writable or sp >= regions[i].end:
@@ -151,8 +148,7 @@ def unused_stacks(snap, regions):
                 continue
             end = (sp - RED_ZONE) & ~7
             if end > regions[i].start:
-                spans.append(Span(regions[i].start, end, "unused thread stack",
-                                  f"LWP {thread.ptid[1]}"))
+                spans.append(Span(regions[i].start, end, "unused thread stack", f"LWP {lwp}"))
     return spans
 
 

@@ -172,8 +172,9 @@ def build_report(snap, skip_sections=(), core_checked=False):
     then says ``complete: false``, and the other parts are still there."""
     target_info = target_json(snap, read_notes=not core_checked)
     alive = liveness.Liveness(snap)
-    for lwp in snap.threads():      # full stacks first: later reads reuse them
-        _step(snap, f"stack of LWP {lwp}", lambda lwp=lwp: snap.stack(lwp), None)
+    with snap.switching_threads():
+        for lwp in snap.threads():      # full stacks first: later reads reuse them
+            _step(snap, f"stack of LWP {lwp}", lambda lwp=lwp: snap.stack(lwp), None)
     try:
         chardevs = _step(snap, "chardevs", lambda: find_chardevs(snap, deep=True, alive=alive),
                          list)
