@@ -171,6 +171,7 @@ def test_read_only_commands_leave_memory_byte_identical(qemu, workdir):
 # --- 2. the watch and the trace leave nothing behind -----------------------------------------
 
 WATCHING = "qemu watch-disconnect: watching"
+GUARDIAN = "qemu-chardev-gdb guardian:"
 
 
 def _left_clean(pid):
@@ -193,13 +194,27 @@ def _left_clean(pid):
     return None
 
 
-def assert_unharmed(daemon, peers, mon, timeout=20.0):
+def _guardian_said(stderr):
+    """The guardian's lines in STDERR (a callable: the text it inherited from the killed gdb),
+    for an assertion message."""
+    if stderr is None:
+        return ""
+    lines = [line.strip() for line in stderr().splitlines() if GUARDIAN in line]
+    return "; " + (" | ".join(lines) if lines else "the guardian said nothing")
+
+
+def assert_unharmed(daemon, peers, mon, timeout=20.0, guardian=None):
     """Nothing left behind, then a load that passes every spot the watch ever covered:
     QMP connects and hang-ups (mon0's state, tcp_chr_free_connection), tcp0's client hanging
     up and a new one, cli0's peer hanging up (teardown, socket_reconnect_timeout,
     qemu_chr_socket_connected on reconnect), a socket chardev added and removed
     (qmp_chardev_open_socket, char_socket_finalize).  A leftover int3 or debug register kills
-    QEMU with SIGTRAP there."""
+    QEMU with SIGTRAP there.
+
+    GUARDIAN, when gdb was killed armed: a callable giving the stderr its guardian inherited.
+    The guardian must then report its repair, complete, in one line, and what it said is in
+    every assertion message.  The checks here read the debug registers with ptrace while the
+    guardian works: it must take each thread once the reader has let it go."""
     pid = daemon.pid
     problem = [None]
 
@@ -209,7 +224,13 @@ def assert_unharmed(daemon, peers, mon, timeout=20.0):
     try:
         support.wait_until(clean, timeout, interval=0.1, what="the process left clean")
     except TimeoutError:
-        raise AssertionError(f"left behind after {timeout:g} s: {problem[0]}") from None
+        raise AssertionError(f"left behind after {timeout:g} s: {problem[0]}"
+                             + _guardian_said(guardian)) from None
+    if guardian is not None:
+        with contextlib.suppress(TimeoutError):     # its line follows its last detach
+            support.wait_until(lambda: GUARDIAN in guardian(), 10, what="the guardian's line")
+        said = _guardian_said(guardian)
+        assert "died with" in said and "NOT repaired" not in said, said
     if peers.qmp is not None:
         peers.qmp.close()
         peers.qmp = None
@@ -234,9 +255,11 @@ def assert_unharmed(daemon, peers, mon, timeout=20.0):
         client.execute("chardev-remove", {"id": "hp0"})
         assert client.execute("query-version")["qemu"]
     time.sleep(0.3)
-    assert daemon.alive(), f"the daemon died: exit status {daemon.proc.poll()}"
+    assert daemon.alive(), \
+        f"the daemon died: exit status {daemon.proc.poll()}" + _guardian_said(guardian)
     assert sw.qmp_answers(mon)
-    assert _left_clean(pid) is None
+    problem = _left_clean(pid)
+    assert problem is None, problem + _guardian_said(guardian)
 
 
 def _start_gdb(build, pid, commands, ready):
@@ -257,11 +280,11 @@ def _start_gdb(build, pid, commands, ready):
 
 def _kill_gdb(gdb, pid):
     """SIGKILL gdb's whole process group (gdb leads it) while the inferior PID runs; return
-    the int3 bytes gdb had in QEMU's code at that moment (read from /proc/PID/mem)."""
+    the int3 bytes gdb had in QEMU's code at that moment (read from /proc/PID/mem).  gdb's
+    output files stay (the guardian writes to gdb's stderr): the test deletes them."""
     inserted = memdump.text_left_behind(pid)
     os.killpg(gdb.proc.pid, signal.SIGKILL)
     gdb.proc.wait(30)
-    gdb.kill()
     return inserted
 
 
@@ -321,8 +344,10 @@ def _watch_gdb_killed(build, daemon, peers, mon):
     sw.hangup_loop(mon, 5, 0)                 # the watch is working: stops come and go
     assert procs.tracer_pid(daemon.pid) == gdb.proc.pid
     inserted = _kill_gdb(gdb, daemon.pid)
-    assert inserted and all(mem == 0xCC for _a, mem, _f in inserted), inserted
-    return inserted
+    if not (inserted and all(mem == 0xCC for _a, mem, _f in inserted)):
+        gdb.kill()
+        raise AssertionError(f"no int3 of gdb's in QEMU's code: {inserted}")
+    return gdb
 
 
 def _ctrl_c(build, daemon, command, ready):
@@ -380,9 +405,12 @@ def _trace_error(build, daemon, peers, mon):
 
 
 def _trace_gdb_killed(build, daemon, peers, mon):
+    """gdb killed while the trace's watchpoints are armed: they are only in the debug
+    registers (QEMU's code has no int3), so the checks read those while the guardian works."""
     gdb = _start_gdb(build, daemon.pid, [f"qemu gsource trace --timeout 600 {HUP}"],
                      lambda out: "@@QCG-BEGIN 0" in out)
-    return _kill_gdb(gdb, daemon.pid)
+    _kill_gdb(gdb, daemon.pid)
+    return gdb
 
 
 def _catcher(daemon, mon, workdir, extra=()):
@@ -429,7 +457,7 @@ def _catcher_gdb_killed(build, daemon, peers, mon, workdir):
     os.kill(gdb_pid, signal.SIGKILL)
     rc = run.wait(60)
     assert rc == 2 and "gdb did not complete the watch" in run.stderr(), run.describe()
-    return inserted
+    return run
 
 
 ENDINGS = {
@@ -461,7 +489,14 @@ def test_watch_and_trace_leave_nothing_behind(qemu, workdir, ending):
     with connected_daemon(qemu, workdir) as (daemon, peers, mon):
         assert _left_clean(daemon.pid) is None
         if ending in ENDINGS:
-            ENDINGS[ending](qemu, daemon, peers, mon)
+            ended = ENDINGS[ending](qemu, daemon, peers, mon)
         else:
-            CATCHER_ENDINGS[ending](qemu, daemon, peers, mon, workdir)
-        assert_unharmed(daemon, peers, mon)
+            ended = CATCHER_ENDINGS[ending](qemu, daemon, peers, mon, workdir)
+        # gdb killed: its guardian writes to gdb's stderr (the catcher copies it to its own)
+        guardian = ended.stderr_so_far if isinstance(ended, support.GdbProcess) else \
+            ended.stderr if isinstance(ended, sw.CatcherRun) else None
+        try:
+            assert_unharmed(daemon, peers, mon, guardian=guardian)
+        finally:
+            if isinstance(ended, support.GdbProcess):
+                ended.kill()

@@ -142,35 +142,59 @@ class Interrupter(threading.Thread):
 
 # The guardian's program, run by /usr/bin/python3 in its own session (a kill of gdb's process
 # group spares it).  It waits for EOF on stdin: "disarmed" last means gdb removed everything
-# itself; anything else means gdb died armed.  Then, once the kernel has released the process
-# (TracerPid no longer gdb), it attaches to every thread (PTRACE_SEIZE + PTRACE_INTERRUPT: no
-# signal sent), puts back from the files every byte of an executable file mapping that reads
-# 0xCC in memory and not in its file (gdb's int3; QEMU has no JIT code in file mappings),
-# zeroes DR0-3 and DR7 of every thread, rewinds a thread that stopped on one of those int3
-# meanwhile (its SIGTRAP is not delivered), and detaches, passing on any other signal.
+# itself; anything else means gdb died armed.  Then it takes every thread of the process
+# (PTRACE_SEIZE + PTRACE_INTERRUPT: no signal sent), each as soon as nobody traces it: the
+# dying gdb until the kernel releases it, or anyone reading the process meanwhile (a test's
+# ptrace reader, a gdb attaching for a moment).  A refused PTRACE_SEIZE is retried, and
+# /proc/PID/task is read again until every thread listed is held (a thread not yet held may
+# create one), all within REPAIR_SECONDS.  Then it puts back from the files every byte of an
+# executable file mapping that reads 0xCC in memory and not in its file (gdb's int3; QEMU has
+# no JIT code in file mappings), zeroes DR0-3 and DR7 of every thread, rewinds a thread that
+# stopped on one of those int3 meanwhile (its SIGTRAP is not delivered), and detaches, passing
+# on any other signal.  It ends with one line on its stderr (gdb's, inherited): what it
+# repaired and, if anything, what it could not (a thread it never held and why).
 GUARDIAN_SOURCE = r'''
-import ctypes, os, sys, time
+import ctypes, errno, os, sys, time
 pid, gdb_pid = int(sys.argv[1]), int(sys.argv[2])
 lines = sys.stdin.read().split()
 if lines and lines[-1] == "disarmed":
     sys.exit(0)
+REPAIR_SECONDS = 60         # for gdb to let go and every thread to be held; then report
+began = time.monotonic()
 def say(text):
     try:
         sys.stderr.write("qemu-chardev-gdb guardian: " + text + "\n"); sys.stderr.flush()
     except Exception:
         pass
-def tracer():
+def thread_status(tid):
+    """(state letter, tracer pid) of thread TID, None once it is gone."""
+    state = tracer = None
     try:
-        for line in open("/proc/%d/status" % pid):
-            if line.startswith("TracerPid:"):
-                return int(line.split()[1])
+        with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("State:"):
+                    state = line.split()[1]
+                elif line.startswith("TracerPid:"):
+                    tracer = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (state, tracer) if state and tracer is not None else None
+def threads():
+    """The live threads of the process (a zombie has no registers to clear); None once the
+    process is gone."""
+    try:
+        listed = os.listdir("/proc/%d/task" % pid)
     except OSError:
         return None
-deadline = time.monotonic() + 10
-while tracer() == gdb_pid and time.monotonic() < deadline:
-    time.sleep(0.005)
-if tracer() != 0:
-    sys.exit(0)             # gone, or another debugger owns it now
+    alive = set()
+    for name in listed:
+        status = thread_status(int(name))
+        if status is not None and status[0] not in "ZX":
+            alive.add(int(name))
+    return alive
+def gone():
+    say("gdb (pid %d) died with process %d armed; the process is gone" % (gdb_pid, pid))
+    sys.exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -182,35 +206,63 @@ def ptrace(req, tid, addr=0, data=0):
     return value
 SEIZE, INTERRUPT, DETACH, PEEKUSER, POKEUSER = 0x4206, 0x4207, 17, 3, 6
 DEBUGREG, RIP = 848, 16 * 8
-stops = {}
-while True:
-    try:
-        tids = {int(t) for t in os.listdir("/proc/%d/task" % pid)} - set(stops)
-    except OSError:
-        sys.exit(0)
-    if not tids:
-        break
-    for tid in tids:
-        try:
-            ptrace(SEIZE, tid)
-            ptrace(INTERRUPT, tid)
-            stops[tid] = os.waitpid(tid, 0x40000000)[1]
-        except OSError:
-            stops[tid] = None
-fixed = []
+WALL = 0x40000000
 try:
     mem = os.open("/proc/%d/mem" % pid, os.O_RDWR)
 except OSError as exc:      # no right to (e.g. Yama ptrace_scope 1 for a non-ancestor)
+    if threads() is None:
+        gone()
     say("gdb (pid %d) died with process %d armed, which cannot be repaired (%s): its "
         "breakpoints and debug registers may kill it with SIGTRAP" % (gdb_pid, pid, exc))
-    for tid, status in stops.items():
-        if status is not None:
-            try:
-                ptrace(DETACH, tid)
-            except OSError:
-                pass
     sys.exit(1)
-for line in open("/proc/%d/maps" % pid):
+held = {}                   # tid -> wait status of its stop: ours to repair and detach
+waiting = set()             # seized and interrupted, not stopped yet
+why = {}                    # tid -> why it is not held yet (the last reason seen)
+while True:
+    listed = threads()
+    if listed is None:
+        gone()
+    for tid in sorted(listed - set(held) - waiting):
+        status = thread_status(tid)
+        if status is None:
+            continue                    # exited meanwhile
+        if status[1]:
+            why[tid] = "traced by %d%s" % (status[1], " (gdb)" if status[1] == gdb_pid else "")
+            continue
+        try:
+            ptrace(SEIZE, tid)
+        except OSError as exc:          # someone attached meanwhile, or it is exiting
+            why[tid] = "PTRACE_SEIZE: %s" % os.strerror(exc.errno)
+            continue
+        try:
+            ptrace(INTERRUPT, tid)
+        except OSError:
+            pass                        # exiting: its wait reports that
+        waiting.add(tid)
+        why[tid] = "did not stop"
+    for tid in sorted(waiting):
+        try:
+            done, status = os.waitpid(tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            done, status = tid, None    # gone
+        if done:
+            waiting.discard(tid)
+            why.pop(tid, None)
+            if status is not None and os.WIFSTOPPED(status):
+                held[tid] = status
+    listed = threads()          # again: a thread not held yet may have made one meanwhile
+    if listed is None:
+        gone()
+    missing = {"thread %d" % tid: why.get(tid, "not seen yet") for tid in listed - set(held)}
+    if not missing or time.monotonic() - began >= REPAIR_SECONDS:
+        break
+    time.sleep(0.005)
+fixed = []
+try:
+    maps = open("/proc/%d/maps" % pid).readlines()
+except OSError:
+    gone()
+for line in maps:
     parts = line.split(None, 5)
     if len(parts) < 6 or parts[1][2] != "x" or parts[1][0] != "r" or not parts[5].startswith("/"):
         continue
@@ -220,19 +272,17 @@ for line in open("/proc/%d/maps" % pid):
         memory = os.pread(mem, end - start, start)
         with open(path, "rb") as f:
             f.seek(int(parts[2], 16)); data = f.read(end - start)
-    except OSError:
-        continue
-    at = memory.find(b"\xcc")
-    while at != -1:
-        if at < len(data) and data[at] != 0xCC:
-            os.pwrite(mem, data[at:at + 1], start + at)
-            fixed.append(start + at)
-        at = memory.find(b"\xcc", at + 1)
+        at = memory.find(b"\xcc")
+        while at != -1:
+            if at < len(data) and data[at] != 0xCC:
+                os.pwrite(mem, data[at:at + 1], start + at)
+                fixed.append(start + at)
+            at = memory.find(b"\xcc", at + 1)
+    except OSError as exc:
+        missing["code at %#x" % start] = "not put back: %s" % os.strerror(exc.errno)
 os.close(mem)
 cleared = 0
-for tid, status in stops.items():
-    if status is None:
-        continue
+for tid, status in sorted(held.items()):
     signal = 0
     try:
         if (status >> 16) == 0 and os.WIFSTOPPED(status):
@@ -246,14 +296,21 @@ for tid, status in stops.items():
         ptrace(POKEUSER, tid, DEBUGREG + 7 * 8, 0)
         for n in range(4):
             ptrace(POKEUSER, tid, DEBUGREG + 8 * n, 0)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            missing["thread %d" % tid] = "debug registers not cleared: %s" % \
+                os.strerror(exc.errno)
     try:
         ptrace(DETACH, tid, 0, signal)
     except OSError:
         pass
-say("gdb (pid %d) died with process %d armed: %d breakpoint byte(s) put back, debug "
-    "registers cleared in %d thread(s)" % (gdb_pid, pid, len(fixed), cleared))
+text = ("gdb (pid %d) died with process %d armed: %d breakpoint byte(s) put back, debug "
+        "registers cleared in %d of %d thread(s)" % (gdb_pid, pid, len(fixed), cleared, len(held)))
+if missing:
+    say(text + "; NOT repaired after %.1f s: " % (time.monotonic() - began) +
+        ", ".join("%s (%s)" % (what, missing[what]) for what in sorted(missing)))
+    sys.exit(1)
+say(text)
 '''
 
 
