@@ -6,6 +6,8 @@ Ground truth: the kernel (/proc/PID/task, comm), what threads.c printed (gettid(
 thread, lock addresses), its source (call chains, line numbers) and plain gdb's own
 `info threads`, `thread apply all bt`, `thread` and `frame`, run in the same gdb.
 """
+import re
+
 from support import cprogs
 from support.cprogs import py
 
@@ -171,3 +173,31 @@ def test_selection_is_preserved(threads, mode):
     assert result.json(4) == [5, 1]           # it did unwind: five threads, one waiter
     assert result.outputs[5:7] == before
     assert result.json(7) == 2
+
+
+def test_stack_pointers_are_each_threads_sp(threads, mode):
+    """Snapshot.stack_pointer (what the census leaves below each stack) is the thread's own sp,
+    whether it was read while the stack was unwound or by switching to the thread on its own,
+    and a run of switches in switching_threads() leaves the user's selection as it was.
+    Ground truth: plain gdb's `thread apply all output $sp` in the same process or core."""
+    result = threads.gdb(mode, [
+        "thread 2", "frame 1", "thread", "frame",
+        py("""
+            from qemu_chardev.target.snapshot import Snapshot
+            unwound, alone = Snapshot(), Snapshot()
+            with unwound.switching_threads():
+                for lwp in unwound.threads():
+                    unwound.stack(lwp)
+            emit({"unwound": {lwp: unwound.stack_pointer(lwp) for lwp in unwound.threads()},
+                  "alone": {lwp: alone.stack_pointer(lwp) for lwp in alone.threads()}})
+        """),
+        "thread", "frame"])
+    result.check(2, 3, 4, 5, 6)
+    assert result.outputs[5:7] == result.outputs[2:4]
+    got = result.json(4)
+    raw = threads.raw_commands(mode, ["thread apply all -q output $sp"]).outputs[0]
+    # "(void *) 0x7f..." per thread, without newlines: compare as sets of addresses
+    expected = {int(word, 16) for word in re.findall(r"0x[0-9a-f]+", raw)}
+    assert len(expected) == len(threads.task_ids()) == len(got["unwound"])
+    assert set(got["unwound"].values()) == expected
+    assert got["alone"] == got["unwound"]
