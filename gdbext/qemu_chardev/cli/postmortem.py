@@ -285,9 +285,10 @@ def fresh_bytecode():
     whose sources changed every gdb recompiled them: 35-90 ms of each core's analysis, for the
     15 modules an edit had touched.  This Python is gdb's on Debian; for another one the files
     are written under its own tag and change nothing.  A read-only install is left alone.
-    It runs once gdb has started: gdb imports the package only after it has opened the binary
-    and the core (a few hundred ms), and py_compile replaces a file atomically, so a gdb that
-    reads one meanwhile sees the old or the new bytecode, whole."""
+    It runs once gdb has started: gdb imports most of the package only after it has opened the
+    binary and the core (a few hundred ms; its warm-up thread imports the gdb-free folders
+    meanwhile), and py_compile replaces a file atomically, so a gdb that reads one meanwhile
+    sees the old or the new bytecode, whole."""
     with _BYTECODE_LOCK:
         if _bytecode_checked:
             return
@@ -345,6 +346,7 @@ def run_gdb(args, core, timeout):
 
 def report_of(args, gdb_run, timeout):
     """The report dict the started gdb prints; Unusable if none came back complete."""
+    report_render()     # imported while gdb works (~25 ms), not after it has answered
     returncode, stdout, stderr = gdb_run.wait(timeout, f"gdb timed out after {args.timeout:g} s")
     stdout = stdout.decode("utf-8", "replace")
     stderr = stderr.decode("utf-8", "replace")
