@@ -2,12 +2,15 @@
 """Where the catcher's few percent of QMP throughput go: stops, context switches, CPU time.
 
     bench/catcher_evidence.py [--version 7.2] [--rounds 5] [--commands 3000] [--json FILE]
+                              [--loads long-lived connect-per-command]
 
 A qemu-storage-daemon (fixed build, QMP monitor mon0) serves query-version round trips, one
 long-lived connection (1 x COMMANDS) and a connection per command (COMMANDS/10 x 1), under:
   none      no gdb
   control   plain gdb attached with one hardware watchpoint on mon0->state (condition 0)
   catcher   scripts/catch-disconnect-during-write --pid
+  catcher-breakpoint  the same with --max-debug-registers 0: no watchpoint, the breakpoint on
+            tcp_chr_free_connection for every chardev (one stop per connection's end)
 The modes rotate within each round; each run has its own daemon, warmed by 300 commands.
 Besides the rate (ratio to none, same round), each run records, from /proc, over the timed
 load only: the daemon's context switches (voluntary + involuntary, every thread: each ptrace
@@ -30,7 +33,7 @@ import support  # noqa: E402
 from support import watch as sw  # noqa: E402
 import watch_disconnect as wd  # noqa: E402
 
-MODES = ("none", "control", "catcher")
+MODES = ("none", "control", "catcher", "catcher-breakpoint")
 
 
 def task_counters(pid):
@@ -67,8 +70,10 @@ def run_once(binary, mode, connections, commands):
 
             def workload():
                 return measured(qsd.pid, lambda: sw.qmp_round_trips(sock, connections, commands))
-            if mode == "catcher":
-                with sw.CatcherRun(["--pid", qsd.pid, "--quiet"], workdir=Path(tmp) / "c") as run:
+            if mode.startswith("catcher"):
+                extra = ["--max-debug-registers", "0"] if mode == "catcher-breakpoint" else []
+                with sw.CatcherRun(["--pid", qsd.pid, "--quiet", *extra],
+                                   workdir=Path(tmp) / "c") as run:
                     run.wait_watching()
                     result = workload()
                     rc = run.interrupt()
@@ -91,15 +96,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--commands", type=int, default=3000)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--loads", nargs="+", choices=("long-lived", "connect-per-command"),
+                        default=["long-lived", "connect-per-command"])
     args = parser.parse_args()
     binary = support.QemuBuild.get(args.version, "fixed").storage_daemon
     out = {}
     for load, (connections, commands) in (("long-lived", (1, args.commands)),
                                           ("connect-per-command",
                                            (args.commands // 10, 1))):
+        if load not in args.loads:
+            continue
         runs = {m: [] for m in MODES}
         for rnd in range(args.rounds):
-            order = MODES[rnd % 3:] + MODES[:rnd % 3]
+            order = MODES[rnd % len(MODES):] + MODES[:rnd % len(MODES)]
             for mode in order:
                 runs[mode].append(run_once(binary, mode, connections, commands))
         base = [r["per_s"] for r in runs["none"]]
@@ -117,11 +126,11 @@ def main():
                     r["cpu_us_per_command"] for r in runs[mode]), 1),
                 "threads": max(r["threads"] for r in runs[mode]),
                 "stop_calls": [r.get("stop_calls") for r in runs[mode]]
-                if mode == "catcher" else None}
+                if mode.startswith("catcher") else None}
         out[load] = {"connections": connections, "commands": commands, "modes": summary}
         print(f"{load} ({connections} x {commands}):")
         for mode, s in summary.items():
-            print(f"  {mode:8} {s['per_s']:6}/s ratio {s['ratio']['median']:.3f} "
+            print(f"  {mode:18} {s['per_s']:6}/s ratio {s['ratio']['median']:.3f} "
                   f"({s['ratio']['min']:.3f}-{s['ratio']['max']:.3f}, n={s['ratio']['n']}) "
                   f"switches/cmd {s['switches_per_command']} cpu us/cmd "
                   f"{s['cpu_us_per_command']} threads {s['threads']}"

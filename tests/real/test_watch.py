@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 import support
 from support import procs
 from support import watch as sw
@@ -21,6 +23,17 @@ from support.health import daemon_health, describe as describe_health
 MON0 = "mon_list.tqh_first->chr.chr"          # the monitor's chardev, found by plain gdb
 WARNING = "disconnect-without-write-lock"
 ERROR = "disconnect-during-write"
+# How the chardevs are covered: a debug register on each one's state (the default), or, with
+# no debug register (what README advises for a connection per command), the breakpoint on
+# tcp_chr_free_connection for all of them.
+COVERS = {"watchpoint": [], "breakpoint": ["--max-debug-registers", "0"]}
+# the field of the events each cover gives
+COVER_FIELD = {"watchpoint": "state", "breakpoint": "teardown"}
+
+
+def assert_covered_by(summary, cover):
+    rows = summary["coverage"]
+    assert rows and all(row["fallback"] == (cover == "breakpoint") for row in rows), rows
 
 
 @contextlib.contextmanager
@@ -160,7 +173,8 @@ def test_reverted_count_matches_a_separate_dprintf_run(qemu_reverted, workdir):
     assert "WARNING" not in run.stdout()                      # --quiet: errors only
 
 
-def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workdir):
+@pytest.mark.parametrize("cover", COVERS)
+def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workdir, cover):
     """Some clients hang up while responses are being written.  Each connection is torn down
     once: by the main thread in tcp_chr_write with the lock (write error), or without it by
     the I/O thread - a warning, or an error if the main thread held the lock meanwhile.
@@ -186,7 +200,8 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
     build = qemu_reverted
     trace = has_chr_trace(build)
     with qsd(build, workdir, trace=trace) as (daemon, sock):
-        with sw.CatcherRun(["--pid", daemon.pid, "--quiet"], workdir=workdir / "c") as run:
+        with sw.CatcherRun(["--pid", daemon.pid, "--quiet", *COVERS[cover]],
+                           workdir=workdir / "c") as run:
             run.wait_watching()
             before = len(daemon.stderr_text())
             counts = sw.hangup_loop(sock, 30, 10)
@@ -202,6 +217,8 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
         health = daemon_health(daemon, sock)
         print(f"hang-ups {counts}; catcher exit {rc}; {describe_health(health)}")
         sw.validate_events(events, summary)
+        assert_covered_by(summary, cover)
+        assert {e["field"] for e in events if e["id"] != "crash"} <= {COVER_FIELD[cover]}
         judged = len(events) - len(crashed) + summary["counters"]["locked_teardowns"]
         facts = f"{describe_health(health)}\n{run.describe()}"
         assert health["signal"] != "SIGTRAP" and not health["left_behind"], facts
@@ -240,12 +257,13 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
 
 # --- fixed build: never a report -----------------------------------------------------------------
 
-def test_fixed_no_report_with_hangups_and_hotplug(qemu, workdir):
+@pytest.mark.parametrize("cover", COVERS)
+def test_fixed_no_report_with_hangups_and_hotplug(qemu, workdir, cover):
     build = qemu
     trace = has_chr_trace(build)
     hotplug_sock = workdir / "hp0.sock"
     with qsd(build, workdir, trace=trace) as (daemon, sock):
-        with sw.CatcherRun(["--pid", daemon.pid], workdir=workdir / "c") as run:
+        with sw.CatcherRun(["--pid", daemon.pid, *COVERS[cover]], workdir=workdir / "c") as run:
             run.wait_watching()
             before = len(daemon.stderr_text())
             counts = sw.hangup_loop(sock, 20, 10)
@@ -271,6 +289,28 @@ def test_fixed_no_report_with_hangups_and_hotplug(qemu, workdir):
             assert t["disconnects"] >= counts.total + 1
             assert sw.disconnect_trace_counts(window, "hp0")["disconnects"] == 5
         assert [row["label"] for row in run.summary["coverage"]] == ["mon0"]
+        assert_covered_by(run.summary, cover)
+        assert_left_running(daemon, sock)
+
+
+def test_distro_build_breakpoint_cover_judges_every_teardown(workdir):
+    """As distributions build QEMU (-O2 -g, no debug-mutex): the breakpoint on
+    tcp_chr_free_connection reads its ``chr`` argument and judges every hang-up, each with
+    the lock held (the fixed code), one stop per connection."""
+    build = support.require_build("7.2", "distro")
+    with qsd(build, workdir) as (daemon, sock):
+        with sw.CatcherRun(["--pid", daemon.pid, *COVERS["breakpoint"]],
+                           workdir=workdir / "c") as run:
+            run.wait_watching()
+            counts = sw.hangup_loop(sock, 20, 10)
+            time.sleep(0.5)
+            rc = run.interrupt()
+        assert rc == 0, run.describe()
+        assert run.events() == [], run.describe()
+        c = run.summary["counters"]
+        assert c["teardowns"] == c["locked_teardowns"] == counts.total, c
+        assert run.summary["stop_calls"] == counts.total, run.summary
+        assert_covered_by(run.summary, "breakpoint")
         assert_left_running(daemon, sock)
 
 

@@ -394,7 +394,10 @@ WATCH_OPTIONS = (
     ("--max-debug-registers", dict(type=non_negative_int, default=X86_DEBUG_REGISTERS,
                                    metavar="N",
                                    help=f"debug registers to use (default "
-                                        f"{X86_DEBUG_REGISTERS})"), str),
+                                        f"{X86_DEBUG_REGISTERS}); 0: the breakpoint on "
+                                        f"tcp_chr_free_connection covers every chardev, one "
+                                        f"stop per connection instead of three (for clients "
+                                        f"that connect for each command)"), str),
     ("--quiet", dict(action="store_true",
                      help="print errors only (warnings still go to --json-log)"), None),
 )
