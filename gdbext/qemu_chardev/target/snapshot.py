@@ -246,8 +246,12 @@ class Snapshot:
             sp = None
             if thread is not None and thread.is_valid():
                 with self.switching_threads():
-                    thread.switch()
-                    sp = _newest_sp()
+                    try:
+                        thread.switch()
+                    except (gdb.error, RuntimeError):
+                        pass
+                    else:
+                        sp = _newest_sp()
             self._stack_pointers[lwp] = sp
         return self._stack_pointers[lwp]
 
