@@ -1,6 +1,8 @@
 """Rendering of models: tables, lock summaries, colour rules, JSON field names."""
 import json
 
+import pytest
+
 from qemu_chardev.render import base as render
 from qemu_chardev.model.objects import ChardevState, GSourceState, MutexState, ThreadRef
 
@@ -70,7 +72,42 @@ def test_plain_table_fallback_aligns(monkeypatch):
     monkeypatch.setattr(render, "_tabulate", None)
     text = render.table(["A", "BB"], [["x", render.paint("yy", "red", True)]])
     lines = text.splitlines()
-    assert lines[0].startswith("A  BB") and lines[2].startswith("x  ")
+    assert lines[0] == "A    BB" and lines[1] == "---  ----"
+    assert lines[2] == "x    " + render.paint("yy", "red", True)
+
+
+def _random_cell(rng):
+    if rng.random() < 0.1:          # what tabulate would parse as numbers, were it asked to
+        return rng.choice(["12", "1.5", "True", "-3", "1e5", "nan", "0x10"])
+    pieces = ["a", "Z", "0", ".", " ", "-", ":", "/", "\t", "\u4e2d", "e\u0301", "\u00e9",
+              "\x1b[31m", "\x1b[0m", "\x1b[1;32m"]
+    return "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 10)))
+
+
+def test_large_tables_are_laid_out_as_tabulate_does():
+    """Above LARGE_TABLE_ROWS rows the grid comes from ``_simple_grid``, not tabulate: the
+    same text, for 3000 random tables of colours, wide and combining characters, tabs,
+    blank-edged and number-like cells, and for the chardev list of 1000 chardevs."""
+    tabulate = pytest.importorskip("tabulate").tabulate
+    import random
+    rng = random.Random(7)
+    for _ in range(3000):
+        headers = [rng.choice(["LABEL", " TYPE", "A ", "12", "X Y", ""])
+                   for _ in range(rng.randrange(1, 6))]
+        rows = [[_random_cell(rng) for _ in headers] for _ in range(rng.randrange(0, 6))]
+        assert render._simple_grid(headers, rows) == tabulate(
+            rows, headers=headers, tablefmt="simple", disable_numparse=True), (headers, rows)
+    headers = ["LABEL", "TYPE", "ADDRESS", "STATE", "IOC", "SIOC", "CHR_WRITE_LOCK",
+               "FILENAME"]
+    rows = [[f"lis{i}", "chardev-socket", f"0x55d3d21{i:05x}", "listening", "NULL", "NULL",
+             "free", f"disconnected:unix:/tmp/q/l{i},server=on"] for i in range(1000)]
+    assert len(rows) > render.LARGE_TABLE_ROWS
+    assert render.table(headers, rows) == tabulate(rows, headers=headers, tablefmt="simple",
+                                                   disable_numparse=True)
+    # a line break or an escape other than a colour: tabulate lays it out
+    rows[5][7] = "two\nlines"
+    assert render.table(headers, rows) == tabulate(rows, headers=headers, tablefmt="simple",
+                                                   disable_numparse=True)
 
 
 def test_a_table_too_wide_drops_its_optional_columns_then_turns_into_blocks():

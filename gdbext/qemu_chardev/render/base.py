@@ -18,6 +18,12 @@ try:
 except ImportError:  # pragma: no cover - exercised by a test that hides the module
     _tabulate = None
 import importlib.util
+import re
+
+try:        # what tabulate measures wide characters with (a dependency of it)
+    from wcwidth import wcswidth as _wcswidth
+except ImportError:  # pragma: no cover
+    _wcswidth = None
 
 from qemu_chardev.model import glib
 from qemu_chardev.model.text import printable
@@ -106,29 +112,69 @@ def _records(headers, rows):
     return "\n\n".join(blocks)
 
 
+# tabulate 0.8.9 (Debian 12) infers a type for every cell, strings too: 0.12 ms per row of nine
+# columns, 0.12-0.15 s for the chardev list of 1000 chardevs.  A longer table gets the same
+# "simple" format from ``_simple_grid``, one pass per cell (tests/unit/test_render.py checks
+# that both give the same text), as does every table when tabulate is not installed.
+LARGE_TABLE_ROWS = 100
+# Colour (SGR) sequences: what tabulate's "simple" format, and a terminal, do not count.
+_SGR = re.compile(r"\x1b\[\d+[;\d]*m|\x1b\[\d*;\d*;\d*m")
+
+
 def _grid(headers, rows):
-    if _tabulate is not None:
+    if _tabulate is not None and (len(rows) <= LARGE_TABLE_ROWS
+                                  or not _single_line_sgr_only(headers, rows)):
         return _tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-    widths = [len(h) for h in headers]
+    return _simple_grid(headers, rows)
+
+
+def _single_line_sgr_only(headers, rows):
+    """True when no cell holds a line break or an escape other than a colour (what
+    ``_simple_grid`` lays out exactly as tabulate does)."""
+    text = "\t".join(headers) + "".join("\t".join(row) for row in rows)
+    return "\n" not in text and "\r" not in text and \
+        _SGR.sub("", text).find("\x1b") < 0
+
+
+def _simple_grid(headers, rows):
+    """tabulate's "simple" format of string cells: each column as wide as its widest cell and
+    at least its header plus two, cells stripped and left-aligned, two spaces between columns,
+    a dashed rule under the headers, no trailing blanks."""
+    rows = [[c.strip() for c in row] for row in rows]
+    width = _visible_width if any(_SGR.search(c) for c in (*headers, *_cells(rows))) \
+        else _text_width
+    widths = [width(h) + 2 for h in headers]
     for row in rows:
-        widths = [max(w, _visible_len(c)) for w, c in zip(widths, row)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
+        widths = [max(w, width(c)) for w, c in zip(widths, row)]
+
+    def line(cells):
+        return "  ".join(c + " " * (w - width(c)) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths),
+                      *(line(row) for row in rows)])
+
+
+def _cells(rows):
     for row in rows:
-        lines.append("  ".join(c + " " * (w - _visible_len(c)) for c, w in zip(row, widths)))
-    return "\n".join(lines)
+        yield from row
+
+
+def _text_width(text):
+    """Columns ``text`` takes on a terminal (wide characters two, combining ones none), as
+    tabulate measures it (-1 when it holds a control character); its length without wcwidth."""
+    return _wcswidth(text) if _wcswidth is not None else len(text)
+
+
+def _visible_width(text):
+    """``_text_width`` of ``text`` without its colour sequences, as tabulate measures it."""
+    return _text_width(_SGR.sub("", text))
 
 
 def _visible_len(text):
-    out, skip = 0, False
-    for ch in text:
-        if ch == "\x1b":
-            skip = True
-        elif skip and ch == "m":
-            skip = False
-        elif not skip:
-            out += 1
-    return out
+    """Columns ``text`` takes on a terminal, colour sequences left out, a control character
+    counted as one (whether a table fits)."""
+    stripped = _SGR.sub("", text)
+    width = _text_width(stripped)
+    return width if width >= 0 else len(stripped)
 
 
 def to_json_text(obj, colour=False, depth=None):
