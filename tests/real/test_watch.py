@@ -225,7 +225,15 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
         if crashed:
             assert len(crashed) == 1 and rc == 1, facts
             assert summary["reason"].startswith("the process crashed"), summary["reason"]
-            assert "tcp_chr_write" in stack_functions(crashed[0]["stack"]), crashed[0]
+            # The race aborts the thread that tears the connection down second: under the
+            # watchpoints, measured, always the main thread's write (tcp_chr_write).  The
+            # breakpoint's stops at tcp_chr_free_connection can let the I/O thread come second
+            # instead (seen once: the abort in yank_unregister_function under its
+            # tcp_chr_free_connection, no tcp_chr_write on that stack).
+            paths = {"tcp_chr_write"} | \
+                ({"tcp_chr_free_connection"} if cover == "breakpoint" else set())
+            assert paths & set(stack_functions(crashed[0]["stack"])), \
+                stack_functions(crashed[0]["stack"])
             assert not health["alive"] and health["signal"] == crashed[0]["signal"], facts
             assert judged + 1 >= counts.total, facts
         else:
@@ -233,13 +241,21 @@ def test_reverted_hangups_mid_burst_every_connection_judged(qemu_reverted, workd
             # A client refused without a crash was accepted and torn down before its
             # greeting: one more teardown judged than hang-ups counted.
             assert summary["reason"] == "stop requested", facts
-            assert counts.total <= judged <= counts.total + counts.refused, facts
+            # The watchpoint sees a connection's state change once.  The breakpoint stops
+            # every call that finds the connection up: on this build the I/O thread's hang-up
+            # and the main thread's write error can both be tearing one connection down (the
+            # race itself), so a hang-up is judged once per thread, at most twice.
+            most = 1 if cover == "watchpoint" else 2
+            assert counts.total <= judged <= most * (counts.total + counts.refused), facts
             assert rc == (1 if summary["errors"] else 0), facts
         if trace:
             t = sw.disconnect_trace_counts(window, "mon0")
             # write-path teardowns need a write error first; the rest came without the lock
             assert summary["counters"]["locked_teardowns"] <= t["locked"]
             assert len(events) >= min(counts.total, t["disconnects"]) - t["locked"] - 1
+            if cover == "breakpoint" and not crashed:
+                # each judged teardown is a tcp_chr_disconnect_locked() call QEMU traced
+                assert judged <= t["disconnects"], (judged, t, facts)
         for event in events:
             if event["id"] == ERROR:
                 assert event["writer_lwp"] == daemon.pid
