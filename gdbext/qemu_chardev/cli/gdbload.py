@@ -42,8 +42,9 @@ def dependency_dirs():
     return dirs
 
 
-def load_statements(parent=None, extra=None):
-    """The Python statements (one line) that make gdb import and start the extension.
+def load_statements(parent=None, extra=None, entry="start"):
+    """The Python statements (one line) that make gdb import the extension and call
+    ``qemu_chardev.ENTRY()`` (``start``; ``warm_up`` for ``warm_up_command``).
 
     ``parent`` is first on sys.path only while ``qemu_chardev`` itself is imported (its
     ``__init__`` imports nothing else; the rest of the package is found through the
@@ -56,7 +57,7 @@ def load_statements(parent=None, extra=None):
             "import qemu_chardev; "
             "sys.path.pop(0); "
             f"sys.path.extend(d for d in {[*extra, parent]!r} if d not in sys.path); "
-            "qemu_chardev.start()")
+            f"qemu_chardev.{entry}()")
 
 
 def load_command(parent=None, extra=None):
@@ -67,8 +68,7 @@ def load_command(parent=None, extra=None):
 def warm_up_command(parent=None, extra=None):
     """The gdb command for ``-iex`` that imports the extension's gdb-free layers on a thread
     while gdb reads the binary and the core; ``load_command`` (-ex) then finishes the load."""
-    return "python " + load_statements(parent, extra).replace("qemu_chardev.start()",
-                                                               "qemu_chardev.warm_up()")
+    return "python " + load_statements(parent, extra, entry="warm_up")
 
 
 def auto_load_script(parent=None, extra=None):

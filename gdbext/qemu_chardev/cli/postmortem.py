@@ -461,8 +461,9 @@ def analyse(args, item):
             # while the core's notes are checked below; a core that fails the check never
             # gets its report read.
             early_gdb = start_gdb(args, core)
+        binaries = discovery()
         if args.binary:
-            choice = discovery().given(args.binary)
+            choice = binaries.given(args.binary)
         try:
             info = core_notes().read_core(core)
         except elfhead.ElfError as exc:
@@ -471,18 +472,18 @@ def analyse(args, item):
             raise Unusable(f"unreadable: {exc.strerror}") from None
         program = info.program
         if choice is None:
-            choice = discovery().discover(info, args.binary_index,
-                                       bool(getattr(args, "debuginfod", False)))
+            choice = binaries.discover(info, args.binary_index,
+                                     bool(getattr(args, "debuginfod", False)))
             if not choice.found:
                 raise Unusable(choice.problem)
             core_args = for_binary(args, choice.path)
-            if choice.path and not discovery().is_qemu_program(choice.path):
-                raise Unusable(discovery().not_qemu(program, choice))
+            if choice.path and not binaries.is_qemu_program(choice.path):
+                raise Unusable(binaries.not_qemu(program, choice))
         if core_args.binary is not None:
             ok, reason = core_notes().core_matches_binary(
-                info, core_args.binary, discovery().inspect(core_args.binary).build_id)
+                info, core_args.binary, binaries.inspect(core_args.binary).build_id)
             if not ok:
-                raise Unusable(reason if choice.how == discovery().GIVEN
+                raise Unusable(reason if choice.how == binaries.GIVEN
                                else f"{choice.line()}: {reason}")
         left = max(1.0, args.timeout - (time.monotonic() - started))
         try:
@@ -492,7 +493,7 @@ def analyse(args, item):
             else:
                 report = run_gdb(core_args, core, left)
         except Unusable as exc:
-            if choice.how == discovery().GIVEN:
+            if choice.how == binaries.GIVEN:
                 raise
             raise Unusable(f"{choice.line()}: {exc}") from None
         report["target"]["core_program"] = info.program

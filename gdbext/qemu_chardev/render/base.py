@@ -141,8 +141,8 @@ def _simple_grid(headers, rows):
     at least its header plus two, cells stripped and left-aligned, two spaces between columns,
     a dashed rule under the headers, no trailing blanks."""
     rows = [[c.strip() for c in row] for row in rows]
-    width = _visible_width if any(_SGR.search(c) for c in (*headers, *_cells(rows))) \
-        else _text_width
+    coloured = _SGR.search("\t".join([*headers, *(c for row in rows for c in row)]))
+    width = _visible_width if coloured else _text_width
     widths = [width(h) + 2 for h in headers]
     for row in rows:
         widths = [max(w, width(c)) for w, c in zip(widths, row)]
@@ -151,11 +151,6 @@ def _simple_grid(headers, rows):
         return "  ".join(c + " " * (w - width(c)) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(headers), "  ".join("-" * w for w in widths),
                       *(line(row) for row in rows)])
-
-
-def _cells(rows):
-    for row in rows:
-        yield from row
 
 
 def _text_width(text):
